@@ -1,0 +1,155 @@
+"""The ``jmid`` command line. Each subcommand is a thin layer over a library call.
+
+Errors about the user's input end the command with one line naming the file and the problem
+(exit status 2), never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import JMIDError
+
+logger = logging.getLogger("jmid")
+
+#: name -> (help, add_arguments(parser), run(args) -> exit status)
+Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]
+
+
+def _add_fetch(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache", type=Path, help="cache folder (default $JMID_CACHE_DIR or ~/.cache/jmid)"
+    )
+
+
+def _run_fetch(args: argparse.Namespace) -> int:
+    from .referencedata import fetch_reference_data
+
+    data = fetch_reference_data(args.cache)
+    print(data.root)
+    return 0
+
+
+def _add_info(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ct", required=True, type=Path, help="CT volume file or DICOM folder")
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    import numpy as np
+    import SimpleITK as sitk
+
+    from .geometry import Grid
+    from .imageio import read_ct
+
+    image = read_ct(args.ct)
+    grid = Grid.from_image(image)
+    values = sitk.GetArrayViewFromImage(image)
+    print(f"size (x, y, z):     {grid.size}")
+    print(f"spacing (mm):       {tuple(round(v, 4) for v in grid.spacing)}")
+    print(f"origin (LPS, mm):   {tuple(round(v, 3) for v in grid.origin)}")
+    print(f"direction (LPS):    {tuple(round(v, 4) for v in grid.direction)}")
+    p1, p50, p99 = np.percentile(values, [1, 50, 99])
+    print(f"HU 1/50/99 %:       {p1:.0f} / {p50:.0f} / {p99:.0f}")
+    return 0
+
+
+def _add_scene(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ct", required=True, type=Path, help="CT volume file or DICOM folder")
+    parser.add_argument("--seg", type=Path, help="organ label map on the CT's grid")
+    parser.add_argument(
+        "--labels", type=Path, help="label table JSON (value -> name, or dataset.json)"
+    )
+    parser.add_argument(
+        "--all-structures",
+        action="store_true",
+        help="keep every structure of the label map (default: only the seven abdominal organs)",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output scene, .mrb or .mrml")
+
+
+def _run_scene(args: argparse.Namespace) -> int:
+    from slicer import vtkMRMLScene
+
+    from .imageio import read_ct, read_label_map
+    from .labelmaps import read_label_names, select_organs
+    from .mrml import save_scene
+    from .scenes import add_case_to_scene
+
+    ct = read_ct(args.ct)
+    label_map, names = None, None
+    if args.seg:
+        label_map = read_label_map(args.seg, reference=ct)
+        names = read_label_names(args.labels) if args.labels else {}
+        if not args.all_structures and names:
+            label_map, names = select_organs(label_map, names)
+    scene = vtkMRMLScene()
+    add_case_to_scene(scene, ct, label_map, names)
+    print(save_scene(scene, args.out))
+    return 0
+
+
+def _add_demo(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("jmid-demo"), help="output folder")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    result = run_demo(args.out)
+    print(result.table())
+    for what, path in result.files.items():
+        print(f"{what:8s} {path}")
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "demo": ("run the main job on the built-in demo data", _add_demo, _run_demo),
+    "fetch-examples": ("download the real example CTs into the cache", _add_fetch, _run_fetch),
+    "info": ("read and validate a CT; print its geometry", _add_info, _run_info),
+    "scene": ("write a Slicer scene with a CT and its organ segmentation", _add_scene, _run_scene),
+}  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jmid",
+        description="JMID Anomaly: abdominal organ anomaly detection on CT, trained from reports.",
+    )
+    parser.add_argument("--version", action="version", version=f"jmid {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, add_arguments, run) in COMMANDS.items():
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(command_parser)
+        command_parser.set_defaults(run=run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``jmid``; returns the exit status (0 ok, 2 bad input or usage)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args))
+    except JMIDError as exc:
+        print(f"jmid {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"jmid {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

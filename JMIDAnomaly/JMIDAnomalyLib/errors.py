@@ -1,0 +1,82 @@
+"""Errors the library raises for bad input, and atomic output helpers.
+
+Every problem with a user's file is an :class:`InputError` that names the file and the problem,
+so the CLI and the Slicer modules can show one clear line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+class JMIDError(Exception):
+    """Base class of the errors this library raises on purpose."""
+
+
+class InputError(JMIDError, ValueError):
+    """A user-supplied file or value cannot be used.
+
+    Args:
+        path: the offending file or folder (or a short description of the input).
+        problem: what is wrong with it, in words a user can act on.
+    """
+
+    def __init__(self, path: str | os.PathLike, problem: str) -> None:
+        self.path = str(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def _temporary_sibling(path: Path, is_dir: bool) -> Path:
+    """A unique name in the same folder that keeps the file's extensions (writers pick by them)."""
+    suffix = "".join(path.suffixes) if not is_dir else ""
+    fd_or_dir = (
+        tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        if is_dir
+        else tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
+    )
+    if is_dir:
+        return Path(fd_or_dir)
+    fd, name = fd_or_dir
+    os.close(fd)
+    return Path(name)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    A crash or an exception inside the block leaves no half-written output: the temporary is
+    removed and ``path`` keeps whatever it had before.
+
+    Args:
+        path: the final file (or folder, with ``is_dir=True``).
+        is_dir: produce a folder instead of a file. An existing folder at ``path`` is replaced.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary_sibling(path, is_dir)
+    try:
+        yield tmp
+        if is_dir:
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                path.rename(old)
+                tmp.rename(path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(path)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink()

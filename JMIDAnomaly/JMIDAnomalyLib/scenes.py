@@ -1,0 +1,82 @@
+"""Putting a case into an MRML scene: CT, organ segmentation and heatmap overlays."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import SimpleITK as sitk
+
+from . import mrml
+
+
+@dataclass
+class CaseNodes:
+    """The nodes :func:`add_case_to_scene` created."""
+
+    volume: object
+    segmentation: object | None = None
+    heatmaps: dict[str, object] = field(default_factory=dict)
+
+
+def add_case_to_scene(
+    scene,
+    ct: sitk.Image,
+    label_map: sitk.Image | None = None,
+    label_names: Mapping[int, str] | None = None,
+    heatmaps: Mapping[str, sitk.Image] | None = None,
+    name: str = "CT",
+) -> CaseNodes:
+    """Add a CT, its organ segmentation and heatmaps to ``scene``.
+
+    Args:
+        scene: the MRML scene (``slicer.mrmlScene`` in Slicer, a new ``vtkMRMLScene`` outside).
+        ct: the CT (LPS geometry).
+        label_map: organ label map on any grid; shown as a segmentation referencing the CT.
+        label_names: label value -> segment name.
+        heatmaps: overlay name -> float map; each becomes a colour-map overlay volume.
+        name: the CT node name (no patient identifiers).
+    """
+    nodes = CaseNodes(mrml.image_to_volume_node(ct, scene, name))
+    if label_map is not None:
+        nodes.segmentation = mrml.label_map_to_segmentation_node(
+            label_map, label_names or {}, scene, f"{name} organs", nodes.volume
+        )
+    for heatmap_name, heatmap in (heatmaps or {}).items():
+        nodes.heatmaps[heatmap_name] = mrml.float_map_to_overlay_node(heatmap, scene, heatmap_name)
+    return nodes
+
+
+def import_segmentation_for_volume(
+    volume_node,
+    label_map_path,
+    label_table_path=None,
+    organs_only: bool = True,
+    name: str | None = None,
+):
+    """Load a label map file as a segmentation of ``volume_node`` (in the node's scene).
+
+    The label map must lie on the volume's grid. With ``organs_only`` and a label table, only
+    the seven abdominal organs are kept (TotalSegmentator names, see ``organs.py``).
+
+    Returns:
+        The new ``vtkMRMLSegmentationNode``.
+
+    Raises:
+        InputError: unreadable files, or a label map on another grid.
+    """
+    from .imageio import read_label_map
+    from .labelmaps import read_label_names, select_organs
+
+    ct = mrml.volume_node_to_image(volume_node)
+    label_map = read_label_map(label_map_path, reference=ct)
+    names = read_label_names(label_table_path) if label_table_path else {}
+    if organs_only and names:
+        label_map, names = select_organs(label_map, names)
+    return mrml.label_map_to_segmentation_node(
+        label_map,
+        names,
+        volume_node.GetScene(),
+        name or f"{volume_node.GetName()} organs",
+        volume_node,
+    )

@@ -1,0 +1,106 @@
+"""JMID Trainer: the headless module for label import, cropping, training and evaluation.
+
+Hidden from the module list; it has no Widget class. Its Logic runs the same code and
+configuration as the ``jmid`` command line. Run it without a main window:
+
+    Slicer --no-main-window --python-script JMIDTrainer/JMIDTrainer.py <jmid arguments>
+
+for example ``... JMIDTrainer.py info --ct ct.nii.gz``; Slicer exits with the job's status.
+"""
+
+import logging
+import os
+import sys
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+)
+
+
+def _ensureCoreLibraryImportable():
+    """Make JMIDAnomalyLib importable: beside us when installed, in ../JMIDAnomaly in a checkout."""
+    try:
+        import JMIDAnomalyLib  # noqa: F401
+    except ImportError:
+        here = os.path.dirname(os.path.abspath(__file__))
+        sys.path.insert(0, os.path.join(os.path.dirname(here), "JMIDAnomaly"))
+
+
+#
+# JMIDTrainer
+#
+
+
+class JMIDTrainer(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("JMID Trainer")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["JMID Anomaly developers"]
+        self.parent.helpText = _(
+            "Headless training of JMID Anomaly models: labels from reports, organ crops, k-fold "
+            "training and evaluation. Same arguments as the jmid command line."
+        )
+        self.parent.acknowledgementText = ""
+        self.parent.hidden = True
+
+
+#
+# JMIDTrainerLogic
+#
+
+
+class JMIDTrainerLogic(ScriptedLoadableModuleLogic):
+    """Runs ``jmid`` jobs in Slicer's Python; raises nothing for bad input, returns the status."""
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    def run(self, arguments) -> int:
+        """Run one ``jmid`` job, e.g. ``["info", "--ct", "ct.nii.gz"]``; returns its exit status."""
+        _ensureCoreLibraryImportable()
+        from JMIDAnomalyLib.cli import main
+
+        status = main(list(arguments))
+        logging.info(
+            "JMIDTrainer: '%s' finished with status %d", arguments[0] if arguments else "", status
+        )
+        return status
+
+
+#
+# JMIDTrainerTest
+#
+
+
+class JMIDTrainerTest(ScriptedLoadableModuleTest):
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_RunJob()
+
+    def test_RunJob(self):
+        _ensureCoreLibraryImportable()
+        from JMIDAnomalyLib.referencedata import fetch_reference_data
+
+        data = fetch_reference_data()
+        logic = JMIDTrainerLogic()
+        self.assertEqual(logic.run(["info", "--ct", str(data.ct)]), 0)
+        self.assertEqual(logic.run(["info", "--ct", str(data.mr_small)]), 2)
+        self.delayDisplay("Test passed")
+
+
+if __name__ == "__main__":
+    # Slicer --no-main-window --python-script JMIDTrainer.py <jmid arguments>
+    _ensureCoreLibraryImportable()
+    from JMIDAnomalyLib.cli import main as _jmidMain
+
+    slicer.util.exit(_jmidMain(sys.argv[1:]))

@@ -1,0 +1,150 @@
+"""The extension's structure: layering rules, the .ui file, CMake lists and the jmid command."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from conftest import REPO
+
+CORE = REPO / "JMIDAnomaly" / "JMIDAnomalyLib"
+CORE_MODULES = sorted(
+    "JMIDAnomalyLib." + p.relative_to(CORE).with_suffix("").as_posix().replace("/", ".")
+    for p in CORE.rglob("*.py")
+    if p.name != "__init__.py"
+)
+FORBIDDEN_IMPORTS = (
+    "qt", "ctk", "PythonQt", "slicer.util", "slicer.app", "slicer.mrmlScene",
+    "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper", "slicer.i18n",
+)  # fmt: skip
+FORBIDDEN_ATTRIBUTES = (
+    "util",
+    "app",
+    "mrmlScene",
+    "ScriptedLoadableModule",
+    "parameterNodeWrapper",
+    "modules",
+)
+
+
+def test_core_never_imports_qt_or_slicer_application_parts():
+    problems = []
+    for path in CORE.rglob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            for name in names:
+                if any(name == f or name.startswith(f + ".") for f in FORBIDDEN_IMPORTS):
+                    problems.append(f"{path.name}:{node.lineno} imports {name}")
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "slicer"
+                and node.attr in FORBIDDEN_ATTRIBUTES
+            ):
+                problems.append(f"{path.name}:{node.lineno} uses slicer.{node.attr}")
+    assert not problems, problems
+
+
+def test_importing_every_core_module_loads_no_gui_module():
+    code = (
+        "import importlib, sys\n"
+        f"sys.path.insert(0, {str(REPO / 'JMIDAnomaly')!r})\n"
+        f"for name in {CORE_MODULES!r}: importlib.import_module(name)\n"
+        "import slicer\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('qt', 'ctk', 'PythonQt')\n"
+        "       or m in ('slicer.ScriptedLoadableModule', 'slicer.parameterNodeWrapper',\n"
+        "                'slicer.i18n')]\n"
+        "bad += [a for a in ('app', 'mrmlScene', 'modules') if hasattr(slicer, a)]\n"
+        "print(len(sys.modules)); assert not bad, bad\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(CORE_MODULES) >= 8
+
+
+def _ui_widget_names(path: Path) -> set[str]:
+    root = ET.parse(path).getroot()
+    return {w.get("name") for w in root.iter("widget")}
+
+
+def test_every_widget_the_module_uses_exists_in_the_ui_file():
+    ui = REPO / "JMIDAnomaly" / "Resources" / "UI" / "JMIDAnomaly.ui"
+    names = _ui_widget_names(ui)
+    code = (REPO / "JMIDAnomaly" / "JMIDAnomaly.py").read_text(encoding="utf-8")
+    used = set(re.findall(r"self\.ui\.(\w+)", code))
+    assert used, "the module uses no widget?"
+    assert used <= names, f"missing in {ui.name}: {sorted(used - names)}"
+    # Every widget bound to the parameter node names a real parameter.
+    root = ET.parse(ui).getroot()
+    bound = {
+        p.find("string").text
+        for p in root.iter("property")
+        if p.get("name") == "SlicerParameterName"
+    }
+    tree = ast.parse(code)
+    params = next(
+        {n.target.id for n in c.body if isinstance(n, ast.AnnAssign)}
+        for c in ast.walk(tree)
+        if isinstance(c, ast.ClassDef) and c.name == "JMIDAnomalyParameterNode"
+    )
+    assert bound <= params, sorted(bound - params)
+
+
+def test_module_files_follow_the_slicer_template():
+    for module, classes, hidden in (
+        (
+            "JMIDAnomaly",
+            {"JMIDAnomaly", "JMIDAnomalyWidget", "JMIDAnomalyLogic", "JMIDAnomalyTest"},
+            False,
+        ),
+        ("JMIDTrainer", {"JMIDTrainer", "JMIDTrainerLogic", "JMIDTrainerTest"}, True),
+    ):
+        source = (REPO / module / f"{module}.py").read_text(encoding="utf-8")
+        tree = ast.parse(source)
+        defined = {n.name for n in tree.body if isinstance(n, ast.ClassDef)}
+        assert classes <= defined, (module, classes - defined)
+        assert not any(n.endswith("Widget") for n in defined - classes) and (
+            hidden == (f"{module}Widget" not in defined)
+        )
+        assert ("self.parent.hidden = True" in source) == hidden
+
+
+def test_cmake_lists_every_script_and_resource():
+    cmake = (REPO / "JMIDAnomaly" / "CMakeLists.txt").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\s+(JMIDAnomalyLib/\S+\.py)$", cmake, re.M))
+    on_disk = {p.relative_to(REPO / "JMIDAnomaly").as_posix() for p in CORE.rglob("*.py")}
+    assert listed == on_disk, {
+        "not listed": sorted(on_disk - listed),
+        "gone": sorted(listed - on_disk),
+    }
+    for resource in ("Resources/Icons/JMIDAnomaly.png", "Resources/UI/JMIDAnomaly.ui"):
+        assert resource.replace("JMIDAnomaly.", "${MODULE_NAME}.") in cmake
+        assert (REPO / "JMIDAnomaly" / resource).is_file()
+    top = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert "add_subdirectory(JMIDAnomaly)" in top and "add_subdirectory(JMIDTrainer)" in top
+    assert re.search(r'EXTENSION_DEPENDS\s+"?PyTorch', top)
+    assert (REPO / "Resources" / "Icons" / "JMIDAnomaly.png").is_file()
+
+
+def test_jmid_help_lists_the_subcommands(jmid_command):
+    result = subprocess.run([*jmid_command, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for command in ("demo", "fetch-examples", "info", "scene"):
+        assert command in result.stdout
+
+
+def test_code_passes_ruff():
+    ruff = Path(sys.executable).with_name("ruff")
+    targets = [str(REPO / d) for d in ("JMIDAnomaly", "JMIDTrainer", "Testing")]
+    for command in ([str(ruff), "check", *targets], [str(ruff), "format", "--check", *targets]):
+        result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
