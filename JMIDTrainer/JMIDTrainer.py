@@ -86,6 +86,7 @@ class JMIDTrainerTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_RunJob()
+        self.test_ImportLabels()
 
     def test_RunJob(self):
         _ensureCoreLibraryImportable()
@@ -95,6 +96,20 @@ class JMIDTrainerTest(ScriptedLoadableModuleTest):
         logic = JMIDTrainerLogic()
         self.assertEqual(logic.run(["info", "--ct", str(data.ct)]), 0)
         self.assertEqual(logic.run(["info", "--ct", str(data.mr_small)]), 2)
+        self.delayDisplay("Test passed")
+
+    def test_ImportLabels(self):
+        import tempfile
+        from pathlib import Path
+
+        reports = Path(tempfile.mkdtemp()) / "reports.csv"
+        reports.write_text(
+            "file_name,患者ID,所見\ncase1.nii.gz,P1,肝S6に嚢胞を認めます。脾臓に異常は認めません。\n",
+            encoding="utf-8",
+        )
+        summary = JMIDTrainerLogic().importLabels(reports, reports.parent / "labels")
+        self.assertEqual(summary["reports_labelled"], 1)
+        self.assertEqual(summary["counts"]["liver"].get("cyst"), 1)
         self.delayDisplay("Test passed")
 
 

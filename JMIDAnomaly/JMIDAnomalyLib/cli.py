@@ -93,6 +93,57 @@ def _run_scene(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_labels(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--reports", required=True, type=Path, help="J-MID export CSV, JSON Lines, or a folder"
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output folder for <organ>.csv and summary.json"
+    )
+    parser.add_argument(
+        "--taxonomy",
+        type=Path,
+        help="folder of keyword tables (<organ>.csv) replacing the built-in ones",
+    )
+    parser.add_argument(
+        "--uncertain",
+        choices=("positive", "negative", "ignore"),
+        default="positive",
+        help="label for uncertain findings (疑い, possible); ignore leaves the cell empty",
+    )
+    parser.add_argument(
+        "--unmentioned",
+        choices=("normal", "unknown"),
+        default="normal",
+        help="organs the report never mentions: normal (nofinding=1) or unknown (empty)",
+    )
+    parser.add_argument("--no-crosscheck", action="store_true",
+                        help="skip comparing structured and free-text labels")  # fmt: skip
+
+
+def _run_labels(args: argparse.Namespace) -> int:
+    from .labels.labeling import LabelOptions, label_reports
+    from .progress import console_progress
+
+    options = LabelOptions(
+        uncertain=args.uncertain,
+        unmentioned=args.unmentioned,
+        taxonomy=str(args.taxonomy) if args.taxonomy else None,
+        crosscheck=not args.no_crosscheck,
+    )
+    summary = label_reports(args.reports, args.out, options, progress=console_progress("labels"))
+    print(f"reports read {summary['reports_read']}, labelled {summary['reports_labelled']}, "
+          f"skipped {len(summary['rows_skipped'])}")  # fmt: skip
+    for organ, counts in summary["counts"].items():
+        shown = ", ".join(f"{c} {n}" for c, n in counts.items() if not c.endswith(":unknown"))
+        print(f"  {organ:12s} {shown}")
+    top = list(summary["unmapped_terms"].items())[:10]
+    if top:
+        print("unmapped terms (-> other_abnormality): " + ", ".join(f"{t} ({n})" for t, n in top))
+    print(f"labels written to {args.out}")
+    return 0
+
+
 def _add_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("jmid-demo"), help="output folder")
 
@@ -111,6 +162,7 @@ COMMANDS: dict[str, Command] = {
     "demo": ("run the main job on the built-in demo data", _add_demo, _run_demo),
     "fetch-examples": ("download the real example CTs into the cache", _add_fetch, _run_fetch),
     "info": ("read and validate a CT; print its geometry", _add_info, _run_info),
+    "labels": ("per-organ labels from radiology reports", _add_labels, _run_labels),
     "scene": ("write a Slicer scene with a CT and its organ segmentation", _add_scene, _run_scene),
 }  # fmt: skip
 

@@ -120,8 +120,12 @@ def test_module_files_follow_the_slicer_template():
 
 def test_cmake_lists_every_script_and_resource():
     cmake = (REPO / "JMIDAnomaly" / "CMakeLists.txt").read_text(encoding="utf-8")
-    listed = set(re.findall(r"^\s+(JMIDAnomalyLib/\S+\.py)$", cmake, re.M))
-    on_disk = {p.relative_to(REPO / "JMIDAnomaly").as_posix() for p in CORE.rglob("*.py")}
+    listed = set(re.findall(r"^\s+(JMIDAnomalyLib/\S+\.(?:py|csv))$", cmake, re.M))
+    on_disk = {
+        p.relative_to(REPO / "JMIDAnomaly").as_posix()
+        for pattern in ("*.py", "*.csv")
+        for p in CORE.rglob(pattern)
+    }
     assert listed == on_disk, {
         "not listed": sorted(on_disk - listed),
         "gone": sorted(listed - on_disk),

@@ -1,0 +1,266 @@
+"""Evidence -> per-organ multi-hot labels, and the streaming ``jmid labels`` job.
+
+Rules (README "Labels from reports"):
+- A class is 1 with positive evidence (certainty 3-4, or a plain statement); uncertain evidence
+  (certainty 1-2, 疑い, possible ...) follows ``uncertain``: positive (default), negative, or
+  ignore (the cell is left empty = unknown).
+- ``nofinding`` is 1 exactly when the organ is mentioned and no abnormal class is 1 or unknown.
+- An organ the report never mentions follows ``unmentioned``: normal (default, as the published
+  system: nofinding = 1) or unknown (all cells empty).
+- Kidney and adrenal rows are per side; a statement without a side applies to both.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from ..errors import InputError, JMIDError, atomic_output
+from ..organs import ORGAN_CLASSES, ORGANS, SIDED_ORGANS
+from .extract import NEGATIVE, POSITIVE, UNCERTAIN, Evidence, Extraction, Extractor
+from .reports import BadRow, Position, Report, read_reports
+from .taxonomy import Taxonomy
+
+logger = logging.getLogger(__name__)
+
+#: The label rows of one report: (organ, side).
+ORGAN_ROWS: tuple[tuple[str, str | None], ...] = tuple(
+    (organ, side)
+    for organ in ORGANS
+    for side in (("left", "right") if organ in SIDED_ORGANS else (None,))
+)
+Labels = dict[tuple[str, str | None], tuple[dict[str, int | None], dict[str, str]]]
+
+
+@dataclass
+class LabelOptions:
+    """Configuration of the label job (round-trips through JSON with to_dict/from_dict)."""
+
+    uncertain: str = "positive"
+    unmentioned: str = "normal"
+    taxonomy: str | None = None
+    crosscheck: bool = True
+
+    def __post_init__(self) -> None:
+        if self.uncertain not in ("positive", "negative", "ignore"):
+            raise InputError(
+                "--uncertain", f"must be positive, negative or ignore, not '{self.uncertain}'"
+            )
+        if self.unmentioned not in ("normal", "unknown"):
+            raise InputError(
+                "--unmentioned", f"must be normal or unknown, not '{self.unmentioned}'"
+            )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LabelOptions:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise InputError("label options", f"unknown keys {sorted(unknown)}")
+        return cls(**data)
+
+
+def evidence_to_labels(evidence: list[Evidence], options: LabelOptions) -> Labels:
+    """Per (organ, side): class -> 1 / 0 / None (unknown), and class -> evidence text."""
+    best: dict[tuple[str, str | None], dict[str, int]] = {}
+    sources: dict[tuple[str, str | None], dict[str, str]] = {}
+    mentioned: set[tuple[str, str | None]] = set()
+    for e in evidence:
+        if e.organ in SIDED_ORGANS:
+            sides = (e.side,) if e.side in ("left", "right") else ("left", "right")
+        else:
+            sides = (None,)
+        for side in sides:
+            key = (e.organ, side)
+            mentioned.add(key)
+            if e.cls is None or e.cls == "nofinding":
+                continue
+            states = best.setdefault(key, {})
+            if e.polarity > states.get(e.cls, NEGATIVE - 1):
+                states[e.cls] = e.polarity
+                if e.polarity >= UNCERTAIN:
+                    tag = "" if e.polarity == POSITIVE else " (uncertain)"
+                    sources.setdefault(key, {})[e.cls] = e.source + tag
+    uncertain_value = {"positive": 1, "negative": 0, "ignore": None}[options.uncertain]
+    labels: Labels = {}
+    for key in ORGAN_ROWS:
+        classes = ORGAN_CLASSES[key[0]]
+        if key not in mentioned:
+            normal = options.unmentioned == "normal"
+            values = {c: (0 if normal else None) for c in classes}
+            values["nofinding"] = 1 if normal else None
+            labels[key] = (values, {})
+            continue
+        states = best.get(key, {})
+        values: dict[str, int | None] = {}
+        for cls in classes[:-1]:
+            state = states.get(cls)
+            values[cls] = 1 if state == POSITIVE else uncertain_value if state == UNCERTAIN else 0
+        abnormal = list(values.values())
+        values["nofinding"] = 0 if 1 in abnormal else (None if None in abnormal else 1)
+        kept = {c: s for c, s in sources.get(key, {}).items() if values.get(c) == 1}
+        labels[key] = (values, kept)
+    return labels
+
+
+class _OrganWriters:
+    """One CSV per organ, written under temporary names and renamed only when all succeed."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self._contexts = {organ: atomic_output(out / f"{organ}.csv") for organ in ORGANS}
+        self._files = {}
+        self._writers = {}
+        for organ, context in self._contexts.items():
+            handle = context.__enter__().open("w", encoding="utf-8", newline="")
+            self._files[organ] = handle
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(["case_id", "patient_id", "side", *ORGAN_CLASSES[organ], "evidence"])
+            self._writers[organ] = writer
+
+    def write(self, report: Report, labels: Labels) -> None:
+        for (organ, side), (values, sources) in labels.items():
+            evidence = " | ".join(f"{c}: {s}" for c, s in sources.items())
+            cells = ["" if v is None else v for v in values.values()]
+            self._writers[organ].writerow(
+                [report.case_id, report.patient_id, side or "", *cells, evidence]
+            )
+
+    def close(self, ok: bool) -> None:
+        for organ, handle in self._files.items():
+            handle.close()
+            exc = (None, None, None) if ok else (JMIDError, JMIDError("aborted"), None)
+            try:
+                self._contexts[organ].__exit__(*exc)
+            except JMIDError:
+                pass
+
+
+def label_reports(
+    reports: str | os.PathLike,
+    out: str | os.PathLike,
+    options: LabelOptions | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict:
+    """Read reports, write ``out/<organ>.csv`` and ``out/summary.json``; return the summary.
+
+    Streams: memory does not grow with the number of reports, except one hash per case id to
+    report duplicates (tens of bytes each). Output appears only when the whole input was read.
+
+    Raises:
+        InputError: unreadable input, or no report could be read at all.
+        JMIDError: stopped by ``should_stop``.
+    """
+    options = options or LabelOptions()
+    out = Path(out)
+    extractor = Extractor(Taxonomy.load(options.taxonomy))
+    header_problems: list[str] = []
+    position = Position()
+    stream = read_reports(reports, header_problems, position)
+    counts = {organ: Counter() for organ in ORGANS}
+    unmapped: Counter[str] = Counter()
+    skipped: list[dict] = []
+    problems: list[dict] = []
+    disagreements: Counter[str] = Counter()
+    seen: set[int] = set()
+    read = labelled = compared = unassigned = 0
+    out.mkdir(parents=True, exist_ok=True)
+    writers = _OrganWriters(out)
+    ok = False
+    try:
+        for item in stream:
+            read += 1
+            if isinstance(item, BadRow):
+                skipped.append({"row": item.row, "case_id": item.case_id, "reason": item.reason})
+                continue
+            digest = hash(item.case_id)  # an int per case finds duplicates without keeping ids
+            if digest in seen:
+                skipped.append(
+                    {"row": item.row, "case_id": item.case_id, "reason": "duplicate case id"}
+                )
+                continue
+            seen.add(digest)
+            if item.problem:
+                problems.append({"row": item.row, "case_id": item.case_id, "problem": item.problem})
+            extraction = _extract(extractor, item)
+            labels = evidence_to_labels(extraction.evidence, options)
+            if options.crosscheck and item.entities is not None and item.text.strip():
+                compared += 1
+                text_labels = evidence_to_labels(extractor.from_text(item.text).evidence, options)
+                for key, (values, _) in labels.items():
+                    other = text_labels[key][0]
+                    if values == other:
+                        continue
+                    for cls, value in values.items():
+                        if value != other[cls]:
+                            disagreements[f"{key[0]}{'_' + key[1] if key[1] else ''}.{cls}"] += 1
+            writers.write(item, labels)
+            labelled += 1
+            unassigned += extraction.unassigned
+            unmapped.update(extraction.unmapped)
+            for (organ, _), (values, _) in labels.items():
+                organ_counts = counts[organ]
+                for cls, value in values.items():
+                    if value == 1:
+                        organ_counts[cls] += 1
+                    elif value is None:
+                        organ_counts[f"{cls}:unknown"] += 1
+            if labelled % 5000 == 0:
+                if should_stop and should_stop():
+                    raise JMIDError("label import stopped; nothing was written")
+                if progress:
+                    progress(position.update(), f"{labelled} reports labelled")
+        if labelled == 0:
+            raise InputError(reports, f"no report could be read ({len(skipped)} rows skipped)")
+        ok = True
+    finally:
+        writers.close(ok)
+    summary = {
+        "input": str(reports),
+        "options": options.to_dict(),
+        "taxonomy": extractor.taxonomy.sources,
+        "reports_read": read,
+        "reports_labelled": labelled,
+        "rows_skipped": skipped,
+        "rows_with_problems": problems,
+        "file_problems": header_problems,
+        "counts": {organ: dict(sorted(c.items())) for organ, c in counts.items()},
+        "unmapped_terms": dict(unmapped.most_common()),
+        "findings_without_organ": unassigned,
+        "crosscheck": {
+            "reports_compared": compared,
+            "cells_disagreeing": dict(disagreements.most_common()),
+        },
+        "label_files_sha256": {organ: _sha256(out / f"{organ}.csv") for organ in ORGANS},
+    }
+    with atomic_output(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
+    if progress:
+        progress(1.0, f"{labelled} reports labelled, {len(skipped)} skipped")
+    return summary
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _extract(extractor: Extractor, report: Report) -> Extraction:
+    """Structured findings when present, else the free text."""
+    if report.entities is not None:
+        return extractor.from_entities(report.entities, report.text)
+    return extractor.from_text(report.text)

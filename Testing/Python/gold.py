@@ -1,0 +1,106 @@
+"""The hand-labelled report set (data/labels_gold.jsonl) and helpers to score extractors on it.
+
+Each line: ``text`` (Japanese or English), optional ``structured`` entities in a compact form
+``[surface, certainty_score, [anatomy...], [[clinical_finding, score], ...]]``, and ``gold``:
+organ row (``liver``, ``kidney_left`` ...) -> abnormal classes present; ``cls?`` marks an
+uncertain finding. Rows not listed are normal (nofinding).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from JMIDAnomalyLib.labels.labeling import ORGAN_ROWS, LabelOptions, evidence_to_labels
+from JMIDAnomalyLib.organs import ORGAN_CLASSES
+
+GOLD_FILE = Path(__file__).with_name("data") / "labels_gold.jsonl"
+LEVELS = {0: "denial", 1: "unlikely", 2: "possible", 3: "likely", 4: "definitive"}
+
+
+def row_key(organ: str, side: str | None) -> str:
+    return f"{organ}_{side}" if side else organ
+
+
+def load_gold() -> list[dict]:
+    return [json.loads(line) for line in GOLD_FILE.read_text(encoding="utf-8").splitlines() if line]
+
+
+def _entity(text: str, surface: str, score: int, kind: str, modifiers: list) -> dict:
+    start = text.find(surface)
+    return {
+        "type": kind,
+        "tokens": list(surface),
+        "start_idx": start if start >= 0 else None,
+        "end_idx": start + len(surface) - 1 if start >= 0 else None,
+        "surface_name": surface,
+        "surface_id": None,
+        "certainty_level": LEVELS[score] if kind != "Anatomical_entity" else None,
+        "certainty_score": score if kind != "Anatomical_entity" else None,
+        "modifiers": modifiers,
+        "is_findings": None,
+    }
+
+
+def expand_entities(text: str, compact: list) -> list[dict]:
+    """Compact entities -> the J-MID structured form (as in shared/specimens)."""
+    out = []
+    for key, (surface, score, anatomy, findings) in enumerate(compact):
+        modifiers = [_entity(text, a, 4, "Anatomical_entity", []) for a in anatomy]
+        modifiers += [_entity(text, f, s, "Clinical_finding", []) for f, s in findings]
+        kind = "Clinical_finding" if not anatomy and not findings else "Imaging_observation"
+        entity = _entity(text, surface, score, kind, modifiers)
+        entity["key"] = key
+        out.append(entity)
+    return out
+
+
+def gold_labels(item: dict, uncertain: str = "positive") -> dict[str, dict[str, int | None]]:
+    value_of_uncertain = {"positive": 1, "negative": 0, "ignore": None}[uncertain]
+    out = {}
+    for organ, side in ORGAN_ROWS:
+        classes = ORGAN_CLASSES[organ]
+        listed = item["gold"].get(row_key(organ, side), [])
+        values = {c: 0 for c in classes[:-1]}
+        for cls in listed:
+            values[cls.rstrip("?")] = value_of_uncertain if cls.endswith("?") else 1
+        abnormal = list(values.values())
+        values["nofinding"] = 0 if 1 in abnormal else (None if None in abnormal else 1)
+        out[row_key(organ, side)] = values
+    return out
+
+
+def predicted_labels(item: dict, extractor, mode: str, uncertain: str = "positive"):
+    """mode 'structured' (entities) or 'text' (free text)."""
+    if mode == "structured":
+        extraction = extractor.from_entities(
+            expand_entities(item["text"], item["structured"]), item["text"]
+        )
+    else:
+        extraction = extractor.from_text(item["text"])
+    labels = evidence_to_labels(extraction.evidence, LabelOptions(uncertain=uncertain))
+    return {row_key(*key): values for key, (values, _) in labels.items()}
+
+
+def score(items: list[dict], extractor, mode: str) -> dict[str, tuple[int, int, int]]:
+    """Per class key 'organ.class': (true positives, false positives, false negatives)."""
+    table: dict[str, list[int]] = {}
+    for item in items:
+        gold = gold_labels(item)
+        predicted = predicted_labels(item, extractor, mode)
+        for row, values in gold.items():
+            organ = row.split("_")[0]
+            for cls, value in values.items():
+                cell = table.setdefault(f"{organ}.{cls}", [0, 0, 0])
+                guess = predicted[row][cls]
+                cell[0] += int(value == 1 and guess == 1)
+                cell[1] += int(value != 1 and guess == 1)
+                cell[2] += int(value == 1 and guess != 1)
+    return {k: tuple(v) for k, v in sorted(table.items())}
+
+
+def f1(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    f = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f
