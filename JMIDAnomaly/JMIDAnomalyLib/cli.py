@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import JMIDError
+from .organs import ORGANS
 
 logger = logging.getLogger("jmid")
 
@@ -144,6 +145,50 @@ def _run_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_crop(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ct", required=True, type=Path, help="CT volume file or DICOM folder")
+    parser.add_argument("--seg", required=True, type=Path, help="organ label map on the CT's grid")
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        help="label table JSON (default: SEG's name with .json, as jmid segment writes)",
+    )
+    parser.add_argument(
+        "--organs", default=",".join(ORGANS), help="comma-separated organs (default all)"
+    )
+    parser.add_argument(
+        "--preset",
+        choices=("published", "demo"),
+        default="published",
+        help="grid and 2.5D layout: published 64x256x256, demo 24x64x64",
+    )
+    parser.add_argument("--mode", choices=("mask", "box"), help="mask (default) or bounding box")
+    parser.add_argument("--margin-mm", type=float, help="mask dilation / box margin (default 3 mm)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")  # fmt: skip
+
+
+def _run_crop(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .cropjob import crop_case
+    from .crops import CropConfig
+
+    config = CropConfig.preset(args.preset)
+    overrides = {
+        k: v for k, v in (("mode", args.mode), ("margin_mm", args.margin_mm)) if v is not None
+    }
+    config = replace(config, **overrides)
+    organs = tuple(o.strip() for o in args.organs.split(",") if o.strip())
+    crops = crop_case(args.ct, args.seg, args.out, organs, config, args.labels)
+    for crop in crops:
+        size = "x".join(map(str, crop.record.crop.shape_zyx)) if crop.record else "-"
+        print(
+            f"{crop.key:14s} {crop.status:10s} {crop.volume_ml:9.1f} ml  {size:12s} {crop.message}"
+        )
+    print(f"crops written to {args.out}")
+    return 0
+
+
 def _add_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("jmid-demo"), help="output folder")
 
@@ -161,6 +206,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Command] = {
     "demo": ("run the main job on the built-in demo data", _add_demo, _run_demo),
     "fetch-examples": ("download the real example CTs into the cache", _add_fetch, _run_fetch),
+    "crop": ("crop organs from a CT for the classifier", _add_crop, _run_crop),
     "info": ("read and validate a CT; print its geometry", _add_info, _run_info),
     "labels": ("per-organ labels from radiology reports", _add_labels, _run_labels),
     "scene": ("write a Slicer scene with a CT and its organ segmentation", _add_scene, _run_scene),

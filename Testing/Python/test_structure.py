@@ -148,7 +148,7 @@ def test_jmid_help_lists_the_subcommands(jmid_command):
 
 def test_code_passes_ruff():
     ruff = Path(sys.executable).with_name("ruff")
-    targets = [str(REPO / d) for d in ("JMIDAnomaly", "JMIDTrainer", "Testing")]
+    targets = [str(REPO / d) for d in ("JMIDAnomaly", "JMIDTrainer", "Testing", "scripts")]
     for command in ([str(ruff), "check", *targets], [str(ruff), "format", "--check", *targets]):
         result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]

@@ -1,0 +1,55 @@
+"""The ``jmid crop`` job: crop one case's organs and write them as volumes Slicer overlays."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .crops import CropConfig, OrganCrop, crop_organs
+from .errors import InputError, atomic_output
+from .imageio import read_ct, read_label_map, write_image
+from .labelmaps import read_label_names
+from .organs import ORGANS
+
+
+def default_label_table(seg_path: Path) -> Path:
+    """``seg.nii.gz`` -> ``seg.json`` (the table ``jmid segment`` writes beside its output)."""
+    name = seg_path.name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        if name.endswith(suffix):
+            return seg_path.with_name(name[: -len(suffix)] + ".json")
+    return seg_path.with_suffix(".json")
+
+
+def crop_case(
+    ct_path: str | os.PathLike,
+    seg_path: str | os.PathLike,
+    out: str | os.PathLike,
+    organs: tuple[str, ...] = ORGANS,
+    config: CropConfig | None = None,
+    labels_path: str | os.PathLike | None = None,
+) -> list[OrganCrop]:
+    """Crop a case and write ``<organ>[_side].nii.gz`` (windowed, -1..1, on the crop's own
+    physical grid, so it overlays the CT in Slicer), ``<..>_mask.nii.gz`` and ``crops.json``."""
+    unknown = [o for o in organs if o not in ORGANS]
+    if unknown:
+        raise InputError("--organs", f"unknown organs {unknown}; choose from {', '.join(ORGANS)}")
+    seg_path = Path(seg_path)
+    labels_path = Path(labels_path) if labels_path else default_label_table(seg_path)
+    if not labels_path.exists():
+        raise InputError(labels_path, "no label table; pass --labels (value -> name JSON)")
+    ct = read_ct(ct_path)
+    label_map = read_label_map(seg_path, reference=ct)
+    crops = crop_organs(ct, label_map, read_label_names(labels_path), organs, config)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for crop in crops:
+        if crop.image is None:
+            continue
+        write_image(crop.record.crop.image_from_array(crop.image), out / f"{crop.key}.nii.gz")
+        write_image(crop.record.crop.image_from_array(crop.mask), out / f"{crop.key}_mask.nii.gz")
+    report = {"config": (config or CropConfig()).to_dict(), "crops": [c.summary() for c in crops]}
+    with atomic_output(out / "crops.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
+    return crops

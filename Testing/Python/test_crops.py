@@ -1,0 +1,171 @@
+"""Organ crops on the real example CT: whole organ inside, exact mapping back, sides, statuses."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from JMIDAnomalyLib.cli import main
+from JMIDAnomalyLib.cropcache import CropCache
+from JMIDAnomalyLib.crops import CropConfig, crop_organs, make_25d, sample_indices
+from JMIDAnomalyLib.geometry import Grid, centroid_lps, map_to_source
+
+DEMO = CropConfig.preset("demo")
+
+
+def organ_mask(seg, names, structure):
+    value = {v: k for k, v in names.items()}[structure]
+    return sitk.GetArrayViewFromImage(seg) == value
+
+
+@pytest.fixture(scope="module")
+def published_crops(example_ct, example_seg, label_names):
+    return {c.key: c for c in crop_organs(example_ct, example_seg, label_names)}
+
+
+ORGAN_STRUCTURES = [
+    ("liver", "liver"), ("spleen", "spleen"), ("pancreas", "pancreas"),
+    ("kidney_left", "kidney_left"), ("kidney_right", "kidney_right"),
+    ("adrenal_left", "adrenal_gland_left"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("key,structure", ORGAN_STRUCTURES)
+def test_crop_holds_the_whole_organ_and_maps_back_exactly(
+    published_crops, example_ct, example_seg, label_names, key, structure
+):
+    crop = published_crops[key]
+    source = organ_mask(example_seg, label_names, structure)
+    assert crop.image.shape == (64, 256, 256) and crop.image.dtype == np.float32
+    assert -1.0 <= crop.image.min() and crop.image.max() <= 1.0
+    kji = np.argwhere(source)
+    lower, upper = np.asarray(crop.record.index_lower), np.asarray(crop.record.index_upper)
+    assert np.all(kji.min(0)[::-1] >= lower) and np.all(kji.max(0)[::-1] <= upper), "organ cut off"
+    back = map_to_source(crop.mask, crop.record, "nearest") > 0.5
+    dice = 2 * np.sum(back & source) / (back.sum() + source.sum())
+    assert dice > 0.95, f"{key}: mapped-back mask Dice {dice:.3f}"
+    grid = Grid.from_image(example_ct)
+    assert np.linalg.norm(centroid_lps(back, grid) - centroid_lps(source, grid)) < 1.0
+
+
+def test_left_and_right_land_on_the_correct_side(published_crops):
+    def centre_x(key):
+        crop = published_crops[key]
+        return centroid_lps(crop.mask, crop.record.crop)[0]
+
+    # LPS x grows towards the patient's left.
+    assert centre_x("kidney_left") > 30 and centre_x("kidney_right") < -30
+    assert centre_x("adrenal_left") > centre_x("adrenal_right")
+
+
+def test_a_single_kidney_label_is_split_by_physical_side(example_ct, example_seg, label_names):
+    by_name = {v: k for k, v in label_names.items()}
+    array = sitk.GetArrayFromImage(example_seg)
+    merged = np.zeros_like(array)
+    merged[np.isin(array, [by_name["kidney_left"], by_name["kidney_right"]])] = 1
+    seg = sitk.GetImageFromArray(merged)
+    seg.CopyInformation(example_seg)
+    split = {c.key: c for c in crop_organs(example_ct, seg, {1: "kidney"}, ("kidney",), DEMO)}
+    reference = {
+        c.key: c for c in crop_organs(example_ct, example_seg, label_names, ("kidney",), DEMO)
+    }
+    for side in ("kidney_left", "kidney_right"):
+        assert split[side].record.index_lower == reference[side].record.index_lower
+        assert split[side].record.index_upper == reference[side].record.index_upper
+        np.testing.assert_array_equal(split[side].mask, reference[side].mask)
+
+
+def test_absent_small_and_partial_organs_are_reported(example_ct, example_seg, label_names):
+    by_name = {v: k for k, v in label_names.items()}
+    array = sitk.GetArrayFromImage(example_seg)
+    array[array == by_name["gallbladder"]] = 0  # cholecystectomy
+    pancreas = np.argwhere(array == by_name["pancreas"])
+    array[array == by_name["pancreas"]] = 0
+    array[tuple(pancreas[:3].T)] = by_name["pancreas"]  # a 3-voxel fragment
+    seg = sitk.GetImageFromArray(array)
+    seg.CopyInformation(example_seg)
+    crops = {c.key: c for c in crop_organs(example_ct, seg, label_names, config=DEMO)}
+    assert crops["gallbladder"].status == "absent" and crops["gallbladder"].image is None
+    assert (
+        crops["pancreas"].status == "too_small" and "implausibly small" in crops["pancreas"].message
+    )
+    assert crops["esophagus"].status == "absent"
+    assert crops["liver"].status == "partial"  # the example CT cuts the liver's dome
+    assert crops["kidney_left"].status == "ok"
+
+
+def test_crops_follow_physical_space_in_any_orientation(example_ct, example_seg, label_names):
+    reference = {c.key: c for c in crop_organs(example_ct, example_seg, label_names, config=DEMO)}
+    for orientation in ("LPS", "LAS", "RSP"):
+        ct = sitk.DICOMOrient(example_ct, orientation)
+        seg = sitk.DICOMOrient(example_seg, orientation)
+        crops = {c.key: c for c in crop_organs(ct, seg, label_names, config=DEMO)}
+        for key in ("liver", "kidney_left", "spleen"):
+            a = centroid_lps(reference[key].mask, reference[key].record.crop)
+            b = centroid_lps(crops[key].mask, crops[key].record.crop)
+            assert np.linalg.norm(a - b) < 2.0, (orientation, key, a, b)
+
+
+def test_mask_mode_sets_air_outside_box_mode_keeps_tissue(example_ct, example_seg, label_names):
+    mask = {c.key: c for c in crop_organs(example_ct, example_seg, label_names, ("spleen",), DEMO)}
+    box_config = replace(DEMO, mode="box")
+    box = {
+        c.key: c for c in crop_organs(example_ct, example_seg, label_names, ("spleen",), box_config)
+    }
+    outside = mask["spleen"].image[mask["spleen"].mask == 0]
+    assert np.mean(outside == -1.0) > 0.5
+    assert np.mean(box["spleen"].image == -1.0) < np.mean(mask["spleen"].image == -1.0)
+
+
+def test_25d_samples():
+    idx = sample_indices(64, 32, 5)
+    assert idx.shape == (32, 5) and idx.min() == 0 and idx.max() == 63
+    assert np.all(np.diff(idx, axis=1) == 1)
+    volume = np.arange(64)[:, None, None] * np.ones((64, 8, 8))
+    stacks = make_25d(volume, 32, 5)
+    assert stacks.shape == (32, 5, 8, 8) and stacks[0, :, 0, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_cache_writes_once_and_reloads(example_ct, example_seg, label_names, tmp_path):
+    cache = CropCache(tmp_path)
+    first, hit = cache.get(example_ct, example_seg, label_names, ("liver", "kidney"), DEMO)
+    assert not hit
+    again, hit = cache.get(example_ct, example_seg, label_names, ("liver", "kidney"), DEMO)
+    assert hit
+    for a, b in zip(first, again, strict=True):
+        assert a.key == b.key and a.status == b.status
+        if a.image is not None:
+            np.testing.assert_allclose(a.image, b.image, atol=1 / 127.5)
+            np.testing.assert_array_equal(a.mask, b.mask)
+            assert a.record == b.record
+    # Other parameters: another entry. An interrupted write (no .json) is recomputed.
+    _, hit = cache.get(
+        example_ct, example_seg, label_names, ("liver", "kidney"), replace(DEMO, margin_mm=6)
+    )
+    assert not hit
+    for meta in tmp_path.glob("*.json"):
+        meta.unlink()
+    _, hit = cache.get(example_ct, example_seg, label_names, ("liver", "kidney"), DEMO)
+    assert not hit
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_crop_command_writes_overlayable_volumes(reference_data, tmp_path):
+    out = tmp_path / "crops"
+    status = main(["crop", "--ct", str(reference_data.ct), "--seg", str(reference_data.ct_seg),
+                   "--labels", str(reference_data.labels_json), "--organs", "liver,spleen",
+                   "--preset", "demo", "--out", str(out)])  # fmt: skip
+    assert status == 0
+    liver = sitk.ReadImage(str(out / "liver.nii.gz"))
+    assert liver.GetSize() == (64, 64, 24)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "crops.json",
+        "liver.nii.gz",
+        "liver_mask.nii.gz",
+        "spleen.nii.gz",
+        "spleen_mask.nii.gz",
+    ]
+    assert main(["crop", "--ct", str(reference_data.ct), "--seg", str(reference_data.ct_seg),
+                 "--out", str(tmp_path / "x"), "--organs", "lung"]) == 2  # fmt: skip
