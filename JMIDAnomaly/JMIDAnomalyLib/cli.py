@@ -145,6 +145,56 @@ def _run_labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_segment(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ct", required=True, type=Path, help="CT volume file or DICOM folder")
+    parser.add_argument(
+        "--model", required=True, type=Path, help="nnU-Net v2 model (trainer output) folder"
+    )
+    parser.add_argument(
+        "--out", required=True, type=Path, help="output label map (.nii.gz, .nrrd, .mha)"
+    )
+    parser.add_argument("--folds", help="comma-separated folds (default: all in the folder)")
+    parser.add_argument("--checkpoint", default="checkpoint_final.pth")
+    parser.add_argument(
+        "--step-size", type=float, default=0.5, help="sliding-window step (fraction of patch)"
+    )
+    parser.add_argument(
+        "--mirroring",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="test-time mirroring (default: on for GPU, off for CPU)",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    parser.add_argument(
+        "--orientation",
+        default="none",
+        help="reorient to this DICOM code first (RAS: TotalSegmentator)",
+    )
+
+
+def _run_segment(args: argparse.Namespace) -> int:
+    import json
+
+    from .cropjob import default_label_table
+    from .errors import atomic_output
+    from .imageio import read_ct, write_image
+    from .progress import console_progress
+    from .segmentation import OrganSegmenter
+
+    folds = tuple(f.strip() for f in args.folds.split(",")) if args.folds else None
+    segmenter = OrganSegmenter(
+        args.model, folds, args.checkpoint, args.step_size, args.mirroring, args.device,
+        None if args.orientation.lower() == "none" else args.orientation,
+    )  # fmt: skip
+    labels = segmenter.segment(read_ct(args.ct), progress=console_progress("segment"))
+    write_image(labels, args.out)
+    table = default_label_table(args.out)
+    with atomic_output(table) as tmp:
+        tmp.write_text(json.dumps({str(k): v for k, v in segmenter.label_names.items()}, indent=1))
+    print(f"label map written to {args.out} (label table {table.name})")
+    return 0
+
+
 def _add_crop(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ct", required=True, type=Path, help="CT volume file or DICOM folder")
     parser.add_argument("--seg", required=True, type=Path, help="organ label map on the CT's grid")
@@ -208,6 +258,7 @@ COMMANDS: dict[str, Command] = {
     "fetch-examples": ("download the real example CTs into the cache", _add_fetch, _run_fetch),
     "crop": ("crop organs from a CT for the classifier", _add_crop, _run_crop),
     "info": ("read and validate a CT; print its geometry", _add_info, _run_info),
+    "segment": ("segment organs with an nnU-Net v2 model folder", _add_segment, _run_segment),
     "labels": ("per-organ labels from radiology reports", _add_labels, _run_labels),
     "scene": ("write a Slicer scene with a CT and its organ segmentation", _add_scene, _run_scene),
 }  # fmt: skip

@@ -170,6 +170,30 @@ def label_map_to_segmentation_node(
     return segmentation
 
 
+def segmentation_node_to_label_map(
+    segmentation_node, reference_volume_node
+) -> tuple[sitk.Image, dict[int, str]]:
+    """A segmentation node as a label map on the reference volume's grid.
+
+    Returns:
+        (label map, names): label value i + 1 is the i-th segment; names maps value -> segment name.
+    """
+    scene = segmentation_node.GetScene()
+    labels_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__jmid_export")
+    try:
+        ids = vtk.vtkStringArray()
+        segmentation_node.GetSegmentation().GetSegmentIDs(ids)
+        if not vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
+            segmentation_node, ids, labels_node, reference_volume_node
+        ):
+            raise JMIDError(f"exporting segmentation '{segmentation_node.GetName()}' failed")
+        image = volume_node_to_image(labels_node)
+    finally:
+        scene.RemoveNode(labels_node)
+    names = {i + 1: name for i, name in enumerate(segment_names(segmentation_node))}
+    return sitk.Cast(image, sitk.sitkUInt16 if len(names) > 255 else sitk.sitkUInt8), names
+
+
 def segment_names(segmentation_node) -> list[str]:
     """The segment names of a segmentation node, in segment order."""
     seg = segmentation_node.GetSegmentation()

@@ -123,3 +123,16 @@ def test_bad_scene_paths(tmp_path):
     bad.write_bytes(b"not a zip")
     with pytest.raises(mrml.InputError, match="not a Slicer data bundle"):
         mrml.load_scene(bad)
+
+
+def test_segmentation_node_back_to_label_map(example_ct, example_seg, label_names):
+    scene = vtkMRMLScene()
+    volume = mrml.image_to_volume_node(example_ct, scene, "CT")
+    organs, names = select_organs(example_seg, label_names)
+    node = mrml.label_map_to_segmentation_node(organs, names, scene, "Organs", volume)
+    labels, back_names = mrml.segmentation_node_to_label_map(node, volume)
+    assert back_names == names
+    assert Grid.from_image(labels).difference(Grid.from_image(example_ct), 1e-4) is None
+    np.testing.assert_array_equal(
+        sitk.GetArrayViewFromImage(labels), sitk.GetArrayViewFromImage(organs)
+    )
