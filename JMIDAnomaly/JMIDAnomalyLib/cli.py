@@ -239,23 +239,57 @@ def _run_crop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_cohort(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--cases", type=int, default=60, help="number of exams (default 60)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same cohort)")
+    parser.add_argument("--label-noise", type=float, default=0.1,
+                        help="share of findings the reports leave out (default 0.1)")  # fmt: skip
+
+
+def _run_cohort(args: argparse.Namespace) -> int:
+    import time
+
+    from .cohort import build_cohort
+    from .progress import console_progress
+
+    if args.cases < 1 or not 0 <= args.label_noise <= 1:
+        raise JMIDError("--cases must be at least 1 and --label-noise within 0..1")
+    start = time.perf_counter()
+    summary = build_cohort(args.out, args.cases, args.seed, args.label_noise,
+                           progress=console_progress("cohort"))  # fmt: skip
+    seconds = time.perf_counter() - start
+    print(f"{summary['cases']} cases of {summary['patients']} patients, "
+          f"{summary['cases_with_findings']} with findings, in {seconds:.0f} s; "
+          f"{summary['size_mb']} MB on disk")  # fmt: skip
+    for kind, count in summary["findings"].items():
+        print(f"  {kind:40s} {count}")
+    print(f"cohort written to {args.out} (contact sheet: contact_sheet.png)")
+    return 0
+
+
 def _add_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("jmid-demo"), help="output folder")
+    parser.add_argument("--cases", type=int, default=60, help="cohort size (default 60)")
+    parser.add_argument("--seed", type=int, default=0, help="cohort seed")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+    from .progress import console_progress
 
-    result = run_demo(args.out)
+    result = run_demo(args.out, args.cases, args.seed, progress=console_progress("demo"))
     print(result.table())
+    print()
     for what, path in result.files.items():
-        print(f"{what:8s} {path}")
+        print(f"{what:14s} {path}")
     return 0
 
 
 COMMANDS: dict[str, Command] = {
     "demo": ("run the main job on the built-in demo data", _add_demo, _run_demo),
     "fetch-examples": ("download the real example CTs into the cache", _add_fetch, _run_fetch),
+    "cohort": ("build the demo cohort (CTs, planted findings, reports)", _add_cohort, _run_cohort),
     "crop": ("crop organs from a CT for the classifier", _add_crop, _run_crop),
     "info": ("read and validate a CT; print its geometry", _add_info, _run_info),
     "segment": ("segment organs with an nnU-Net v2 model folder", _add_segment, _run_segment),

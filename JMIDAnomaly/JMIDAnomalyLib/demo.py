@@ -1,27 +1,28 @@
 """The main job on the built-in demo data.
 
-Today it runs the stages that exist: fetch the real example CT, validate it, take the seven
-abdominal organs from its reference label map, measure each organ in physical space, crop it
-with the geometry helpers, and write a Slicer scene with the CT and the organ segmentation.
-Later stages (labels from reports, training, analysis) join here as they land.
+Runs the stages that exist, end to end: build the demo cohort (real CT anatomy, planted
+findings, reports), import labels from its reports, crop every organ of every case through the
+crop cache (from the cohort's own organ segmentations; ``jmid segment`` runs a model instead),
+and write a Slicer scene of one case with its organs and planted findings. Re-running reuses
+the cohort and the cached crops. Training, evaluation and analysis join as they land.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
-from .errors import atomic_output
-from .geometry import Grid, centroid_lps, crop_to_physical_box
-from .imageio import read_ct, read_label_map, write_image
-from .labelmaps import select_organs
-from .referencedata import fetch_reference_data
+from .cohort import build_cohort
+from .cropcache import CropCache
+from .crops import CropConfig
+from .imageio import read_ct, read_label_map
+from .labels.labeling import LabelOptions, label_reports
 
 logger = logging.getLogger(__name__)
 
@@ -29,84 +30,115 @@ Progress = Callable[[float, str], None]
 
 
 @dataclass
-class OrganSummary:
-    structure: str
-    volume_ml: float
-    centroid_lps: tuple[float, float, float]
-    crop_size: tuple[int, int, int]
-    touches_border: bool
-
-
-@dataclass
 class DemoResult:
     out: Path
-    organs: list[OrganSummary] = field(default_factory=list)
+    cohort: dict = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)
+    crop_status: Counter = field(default_factory=Counter)
+    crops_from_cache: int = 0
+    label_check: dict = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
 
     def table(self) -> str:
+        c = self.cohort
         lines = [
-            f"{'structure':22s} {'volume ml':>10s} {'centroid LPS (mm)':>28s} "
-            f"{'crop x,y,z':>14s}  border"
+            f"cohort      {c['cases']} cases, {c['patients']} patients, "
+            f"{c['cases_with_findings']} with findings ({c['findings_left_out_of_reports']} "
+            "findings left out of the reports as label noise)",
+            f"labels      {self.labels['reports_labelled']} reports labelled, "
+            f"{len(self.labels['rows_skipped'])} skipped",
+            f"crops       {sum(self.crop_status.values())} organ crops: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(self.crop_status.items()))
+            + f" ({self.crops_from_cache} cases from the cache)",
+            "",
+            f"{'planted finding':36s} {'planted':>8s} {'in reports':>11s} {'labelled':>9s}",
         ]
-        for o in self.organs:
-            centroid = ", ".join(f"{v:7.1f}" for v in o.centroid_lps)
-            crop = ",".join(str(v) for v in o.crop_size)
-            lines.append(
-                f"{o.structure:22s} {o.volume_ml:10.1f} {centroid:>28s} {crop:>14s}  "
-                f"{'yes' if o.touches_border else 'no'}"
-            )
+        for kind, (planted, reported, labelled) in sorted(self.label_check.items()):
+            lines.append(f"{kind:36s} {planted:8d} {reported:11d} {labelled:9d}")
         return "\n".join(lines)
 
 
-def _no_progress(fraction: float, message: str) -> None:
+def _log_progress(fraction: float, message: str) -> None:
     logger.info("[%3.0f%%] %s", 100 * fraction, message)
 
 
-def run_demo(out: Path, progress: Progress = _no_progress, margin_mm: float = 10.0) -> DemoResult:
-    """Run the demo into ``out``; see the module docstring. Re-running overwrites its files."""
+def run_demo(
+    out: Path, cases: int = 60, seed: int = 0, progress: Progress = _log_progress
+) -> DemoResult:
+    """Run the demo into ``out`` (see the module docstring)."""
     from slicer import vtkMRMLScene
 
-    from .mrml import save_scene
+    from .mrml import float_map_to_overlay_node, save_scene
     from .scenes import add_case_to_scene
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result = DemoResult(out)
-    progress(0.0, "fetching the example CT (cached after the first run)")
-    data = fetch_reference_data()
-    progress(0.2, "reading and validating the CT and its label map")
-    ct = read_ct(data.ct)
-    organs, names = select_organs(read_label_map(data.ct_seg, reference=ct), data.label_names())
-    grid = Grid.from_image(ct)
-    array = sitk.GetArrayViewFromImage(organs)
-    voxel_ml = float(np.prod(grid.spacing)) / 1000.0
-    progress(0.4, "measuring and cropping each organ")
-    for value, structure in names.items():
-        mask = array == value
-        if not mask.any():
-            continue
-        kji = np.argwhere(mask)
-        corners = grid.index_to_physical(np.stack([kji.min(0), kji.max(0)])[:, ::-1])
-        crop, record = crop_to_physical_box(ct, corners.min(0), corners.max(0), margin_mm)
-        result.organs.append(
-            OrganSummary(
-                structure,
-                float(mask.sum()) * voxel_ml,
-                tuple(float(v) for v in centroid_lps(mask, grid)),
-                record.crop.size,
-                any(record.clipped),
-            )
+    cohort_dir = out / "cohort"
+    summary_file = cohort_dir / "cohort.json"
+    previous = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    if previous.get("cases") == cases and previous.get("seed") == seed:
+        progress(0.0, "reusing the demo cohort")
+        result.cohort = previous
+    else:
+        progress(0.0, f"building the demo cohort ({cases} cases)")
+        result.cohort = build_cohort(
+            cohort_dir, cases, seed, progress=lambda f, m: progress(0.6 * f, f"cohort: {m}")
         )
-    progress(0.6, "writing the organ label map")
-    result.files["organs"] = write_image(organs, out / "organs.nii.gz")
-    with atomic_output(out / "organs.json") as tmp:
-        tmp.write_text(
-            json.dumps({str(k): v for k, v in names.items()}, indent=1), encoding="utf-8"
-        )
-    result.files["labels"] = out / "organs.json"
-    progress(0.8, "writing the Slicer scene")
+    progress(0.6, "importing labels from the reports")
+    result.labels = label_reports(cohort_dir / "reports.csv", out / "labels", LabelOptions())
+    truth = json.loads((cohort_dir / "truth.json").read_text())
+    names = {int(k): v for k, v in json.loads((cohort_dir / "labels.json").read_text()).items()}
+    progress(0.65, "cropping organs (crop cache)")
+    cache = CropCache(out / "crop_cache")
+    config = CropConfig.preset("demo")
+    for i, record in enumerate(truth):
+        case = record["case_id"]
+        ct = read_ct(cohort_dir / "images" / f"{case}.nii.gz")
+        seg = read_label_map(cohort_dir / "segs" / f"{case}.nii.gz", reference=ct)
+        crops, hit = cache.get(ct, seg, names, config=config)
+        result.crops_from_cache += int(hit)
+        result.crop_status.update(c.status for c in crops)
+        progress(0.65 + 0.25 * (i + 1) / len(truth), f"cropped {case}")
+    result.label_check = _label_check(truth, out / "labels")
+    progress(0.9, "writing a Slicer scene of one case")
+    shown = next((r for r in truth if r["findings"]), truth[0])
+    case = shown["case_id"]
+    ct = read_ct(cohort_dir / "images" / f"{case}.nii.gz")
+    seg = read_label_map(cohort_dir / "segs" / f"{case}.nii.gz", reference=ct)
     scene = vtkMRMLScene()
-    add_case_to_scene(scene, ct, organs, names, name="Example CT")
-    result.files["scene"] = save_scene(scene, out / "scene.mrb")
+    add_case_to_scene(scene, ct, seg, names, name=case)
+    findings = sitk.ReadImage(str(cohort_dir / "findings" / f"{case}.nii.gz"))
+    float_map_to_overlay_node(
+        sitk.Cast(findings > 0, sitk.sitkFloat32), scene, f"{case} planted findings"
+    )
+    result.files = {
+        "cohort": cohort_dir,
+        "contact sheet": cohort_dir / "contact_sheet.png",
+        "labels": out / "labels",
+        "crop cache": out / "crop_cache",
+        "scene": save_scene(scene, out / "scene.mrb"),
+    }
     progress(1.0, "done")
     return result
+
+
+def _label_check(truth: list[dict], labels_dir: Path) -> dict[str, tuple[int, int, int]]:
+    """Per planted kind: (planted, mentioned in reports, labelled positive by the importer)."""
+    import csv
+
+    positives: set[tuple[str, str, str, str]] = set()
+    for organ in ("liver", "spleen", "kidney", "pancreas", "gallbladder"):
+        with (labels_dir / f"{organ}.csv").open(encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                for cls, value in row.items():
+                    if value == "1":
+                        positives.add((row["case_id"], organ, row["side"], cls))
+    table: dict[str, list[int]] = {}
+    for record in truth:
+        for f in record["findings"]:
+            cell = table.setdefault(f"{f['organ']}.{f['cls']}", [0, 0, 0])
+            cell[0] += 1
+            cell[1] += int(f["reported"])
+            cell[2] += int((record["case_id"], f["organ"], f["side"] or "", f["cls"]) in positives)
+    return {k: tuple(v) for k, v in table.items()}

@@ -32,18 +32,29 @@ class InputError(JMIDError, ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def _temporary_sibling(path: Path, is_dir: bool) -> Path:
-    """A unique name in the same folder that keeps the file's extensions (writers pick by them)."""
-    suffix = "".join(path.suffixes) if not is_dir else ""
-    fd_or_dir = (
-        tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        if is_dir
-        else tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
-    )
+    """A unique name in the same folder that keeps the file's extensions (writers pick by them).
+
+    tempfile creates it private (0600/0700); it gets the permissions a plain file or folder
+    would have, since it becomes the user's output.
+    """
     if is_dir:
-        return Path(fd_or_dir)
-    fd, name = fd_or_dir
+        name = tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.chmod(name, 0o777 & ~_UMASK)
+        return Path(name)
+    suffix = "".join(path.suffixes)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
+    os.chmod(name, 0o666 & ~_UMASK)
     return Path(name)
 
 

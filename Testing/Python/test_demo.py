@@ -10,24 +10,27 @@ from JMIDAnomalyLib.geometry import Grid
 from JMIDAnomalyLib.mrml import load_scene, segment_names, volume_node_to_image
 
 
-def test_demo_writes_a_scene_slicer_opens(jmid_command, example_ct, tmp_path):
+def test_demo_runs_end_to_end_and_reuses_its_cache(jmid_command, tmp_path):
     out = tmp_path / "demo"
-    result = subprocess.run(
-        [*jmid_command, "demo", "--out", str(out)], capture_output=True, text=True
-    )
+    command = [*jmid_command, "demo", "--out", str(out), "--cases", "4", "--seed", "1"]
+    result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "liver" in result.stdout and "kidney_left" in result.stdout
-
-    names = json.loads((out / "organs.json").read_text())
-    assert {"liver", "spleen", "pancreas", "kidney_left", "kidney_right"} <= set(names.values())
-    organs = sitk.ReadImage(str(out / "organs.nii.gz"))
-    assert Grid.from_image(organs).difference(Grid.from_image(example_ct), 1e-4) is None
-
+    assert "4 reports labelled" in result.stdout and "(0 cases from the cache)" in result.stdout
+    summary = json.loads((out / "labels" / "summary.json").read_text())
+    assert summary["reports_labelled"] == 4
+    assert (out / "cohort" / "contact_sheet.png").stat().st_size > 0
     scene = load_scene(out / "scene.mrb")
-    ct = volume_node_to_image(scene.GetFirstNodeByName("Example CT"))
-    assert ct.GetSize() == example_ct.GetSize()
     segmentation = scene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
-    assert segment_names(segmentation) == list(names.values())
+    assert {"liver", "spleen", "kidney_left", "kidney_right"} <= set(segment_names(segmentation))
+    ct_node = scene.GetNodeByID(segmentation.GetNodeReferenceID("referenceImageGeometryRef")) or (
+        scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+    )
+    ct = volume_node_to_image(ct_node)
+    case = ct_node.GetName()
+    expected = sitk.ReadImage(str(out / "cohort" / "images" / f"{case}.nii.gz"))
+    assert Grid.from_image(ct).difference(Grid.from_image(expected), 1e-3) is None
+    again = subprocess.run(command, capture_output=True, text=True)
+    assert again.returncode == 0 and "(4 cases from the cache)" in again.stdout
 
 
 def test_scene_command_keeps_only_abdominal_organs(jmid_command, reference_data, tmp_path):

@@ -137,3 +137,12 @@ def test_cli_reports_bad_input_without_traceback(jmid_command, reference_data, t
     assert result.returncode == 2
     assert str(reference_data.mr_small) in result.stderr and "Hounsfield" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_outputs_get_ordinary_permissions(small_ct, tmp_path):
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    path = write_image(small_ct, tmp_path / "ct.nrrd")
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask

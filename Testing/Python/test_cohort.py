@@ -1,0 +1,108 @@
+"""The demo cohort: deterministic, findings inside their organs, reports that label back exactly."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from JMIDAnomalyLib.cohort import build_cohort
+from JMIDAnomalyLib.geometry import Grid
+from JMIDAnomalyLib.labels.labeling import LabelOptions, label_reports
+from JMIDAnomalyLib.organs import TOTALSEGMENTATOR_ORGANS
+
+CASES = 16
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory, reference_data):
+    out = tmp_path_factory.mktemp("cohort")
+    summary = build_cohort(out, cases=CASES, seed=7, label_noise=0.0)
+    return out, summary
+
+
+def read_reports(root):
+    with (root / "reports.csv").open(encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_same_seed_same_cohort(cohort, tmp_path):
+    root, _ = cohort
+    again = tmp_path / "again"
+    build_cohort(again, cases=4, seed=7, label_noise=0.0)
+    assert read_reports(again) == read_reports(root)[:4]
+    for case in ("case_0001", "case_0004"):
+        for folder in ("images", "segs", "findings"):
+            a = sitk.ReadImage(str(root / folder / f"{case}.nii.gz"))
+            b = sitk.ReadImage(str(again / folder / f"{case}.nii.gz"))
+            np.testing.assert_array_equal(
+                sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b)
+            )
+    other = tmp_path / "other"
+    build_cohort(other, cases=4, seed=8, label_noise=0.0)
+    assert read_reports(other) != read_reports(root)[:4]
+
+
+def test_every_finding_lies_inside_its_organ(cohort):
+    root, summary = cohort
+    truth = json.loads((root / "truth.json").read_text())
+    names = {int(k): v for k, v in json.loads((root / "labels.json").read_text()).items()}
+    organ_values = {}
+    for value, structure in names.items():
+        organ, side = TOTALSEGMENTATOR_ORGANS[structure]
+        organ_values[(organ, side)] = value
+    planted = [(r["case_id"], f) for r in truth for f in r["findings"]]
+    assert len(planted) >= 8 and summary["cases_with_findings"] >= CASES // 4
+    for case, finding in planted:
+        seg = sitk.ReadImage(str(root / "segs" / f"{case}.nii.gz"))
+        labels = sitk.GetArrayFromImage(seg)
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "findings" / f"{case}.nii.gz")))
+        region = mask == finding["label"]
+        organ = labels == organ_values[(finding["organ"], finding["side"])]
+        assert region.any(), (case, finding)
+        assert np.mean(organ[region]) >= 0.8, (case, finding, float(np.mean(organ[region])))
+        if finding["size_mm"]:  # the recorded centre is inside the organ
+            index = np.round(
+                Grid.from_image(seg).physical_to_index([finding["centre_lps"]])[0]
+            ).astype(int)
+            assert organ[index[2], index[1], index[0]], (case, finding)
+
+
+@pytest.mark.parametrize("source", ["structured", "free text"])
+def test_reports_label_back_to_exactly_the_planted_classes(cohort, tmp_path, source):
+    root, _ = cohort
+    reports = root / "reports.csv"
+    if source == "free text":  # drop the structured column: the free-text extractor alone
+        rows = read_reports(root)
+        reports = tmp_path / "free_text.csv"
+        with reports.open("w", encoding="utf-8", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows({**r, "所見_JSON": ""} for r in rows)
+    label_reports(reports, tmp_path / "labels", LabelOptions())
+    truth = {r["case_id"]: r for r in json.loads((root / "truth.json").read_text())}
+    for organ in ("liver", "spleen", "kidney", "pancreas", "gallbladder"):
+        with (tmp_path / "labels" / f"{organ}.csv").open(encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                planted = {f["cls"] for f in truth[row["case_id"]]["findings"]
+                           if f["organ"] == organ and (f["side"] or "") == row["side"]}  # fmt: skip
+                found = {c for c, v in row.items() if v == "1" and c not in ("nofinding",)
+                         and c not in ("case_id", "patient_id", "side")}  # fmt: skip
+                assert found == planted, (row["case_id"], organ, row["side"], found, planted)
+
+
+def test_cases_reports_and_patients_line_up(cohort):
+    root, summary = cohort
+    rows = read_reports(root)
+    truth = json.loads((root / "truth.json").read_text())
+    assert [r["file_name"] for r in rows] == [f"{t['case_id']}.nii.gz" for t in truth]
+    assert [r["患者ID"] for r in rows] == [t["patient_id"] for t in truth]
+    for row in rows:
+        assert (root / "images" / row["file_name"]).is_file()
+        json.loads(row["所見_JSON"])
+    assert summary["patients"] < CASES, "some patients must have several exams"
+    assert (root / "contact_sheet.png").stat().st_size > 10_000
+    image = sitk.ReadImage(str(root / "images" / "case_0001.nii.gz"))
+    assert image.GetPixelIDTypeAsString() == "16-bit signed integer"
