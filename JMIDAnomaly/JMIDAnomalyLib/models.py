@@ -1,0 +1,135 @@
+"""Classifier models, created by name through a registry (timm style).
+
+- ``mil_*``: the reference 2.5D multiple-instance model. A timm encoder reads each sample of
+  adjacent slices (``in_chans`` = slices per sample), a bidirectional LSTM runs over the
+  samples, a linear head gives per-sample multi-label logits; the case logit is the mean over
+  samples (``pooling="max"`` as an option).
+- ``cnn3d_*``: a MONAI 3D network on the whole crop.
+
+Input shapes: ``mil_*`` take (B, S, C, H, W) = (batch, samples, slices, y, x); ``cnn3d_*`` take
+(B, 1, Z, Y, X). Both return case logits (B, K); ``mil_*`` also return per-sample logits
+(B, S, K) from :meth:`SliceMIL.sample_logits`. ``pretrained`` defaults to False: weights load
+from paths (no model hub).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str):
+    def wrap(fn):
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """Create a registered model, e.g. ``create_model("mil_tiny", num_classes=9, in_chans=3)``."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model '{name}'; choose from {', '.join(list_models())}")
+    return _REGISTRY[name](**kwargs)
+
+
+class SliceMIL(nn.Module):
+    """timm encoder per 2.5D sample -> BiLSTM over samples -> per-sample head -> pooled logits."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "tf_efficientnetv2_s",
+        in_chans: int = 5,
+        lstm_hidden: int = 256,
+        lstm_layers: int = 2,
+        pooling: str = "mean",
+        pretrained: bool = False,
+        drop_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        import timm
+
+        if pooling not in ("mean", "max"):
+            raise ValueError("pooling must be 'mean' or 'max'")
+        self.encoder = timm.create_model(backbone, pretrained=pretrained, in_chans=in_chans,
+                                         num_classes=0, drop_rate=drop_rate)  # fmt: skip
+        self.lstm = nn.LSTM(self.encoder.num_features, lstm_hidden, lstm_layers,
+                            batch_first=True, bidirectional=True)  # fmt: skip
+        self.head = nn.Linear(2 * lstm_hidden, num_classes)
+        self.pooling = pooling
+
+    def sample_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, S, C, H, W) -> per-sample logits (B, S, K)."""
+        batch, samples = x.shape[:2]
+        features = self.encoder(x.flatten(0, 1)).view(batch, samples, -1)
+        hidden, _ = self.lstm(features)
+        return self.head(hidden)
+
+    def pool(self, sample_logits: torch.Tensor) -> torch.Tensor:
+        return sample_logits.mean(1) if self.pooling == "mean" else sample_logits.amax(1)
+
+    def forward(self, x: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
+        """Case logits (B, K), or per-sample logits (B, S, K) with ``per_sample``."""
+        logits = self.sample_logits(x)
+        return logits if per_sample else self.pool(logits)
+
+
+class Crop3D(nn.Module):
+    """A MONAI 3D DenseNet on the whole crop: (B, 1, Z, Y, X) -> (B, K)."""
+
+    def __init__(self, num_classes: int, init_features: int = 64, growth_rate: int = 32,
+                 block_config: tuple[int, ...] = (6, 12, 24, 16), **_: object) -> None:  # fmt: skip
+        super().__init__()
+        from monai.networks.nets import DenseNet
+
+        self.net = DenseNet(spatial_dims=3, in_channels=1, out_channels=num_classes,
+                            init_features=init_features, growth_rate=growth_rate,
+                            block_config=block_config)  # fmt: skip
+
+    def forward(self, x: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
+        return self.net(x)  # one logit vector per case; per_sample has no meaning in 3D
+
+
+@register_model("mil_efficientnetv2_s")
+def mil_efficientnetv2_s(num_classes: int, in_chans: int = 5, **kwargs) -> SliceMIL:
+    """The published configuration: tf_efficientnetv2_s, BiLSTM(256, 2 layers)."""
+    return SliceMIL(num_classes, "tf_efficientnetv2_s", in_chans, 256, 2, **kwargs)
+
+
+@register_model("mil_timm")
+def mil_timm(num_classes: int, backbone: str = "resnet18", in_chans: int = 5,
+             **kwargs) -> SliceMIL:  # fmt: skip
+    """Any timm backbone by name."""
+    return SliceMIL(num_classes, backbone, in_chans, **kwargs)
+
+
+@register_model("mil_tiny")
+def mil_tiny(num_classes: int, in_chans: int = 3, **kwargs) -> SliceMIL:
+    """A tiny variant (timm's test_efficientnet, BiLSTM(32, 1 layer)) for CPU tests and the demo."""
+    kwargs.setdefault("lstm_hidden", 32)
+    kwargs.setdefault("lstm_layers", 1)
+    return SliceMIL(num_classes, "test_efficientnet", in_chans, **kwargs)
+
+
+@register_model("cnn3d_densenet121")
+def cnn3d_densenet121(num_classes: int, **kwargs) -> Crop3D:
+    return Crop3D(num_classes, **kwargs)
+
+
+@register_model("cnn3d_tiny")
+def cnn3d_tiny(num_classes: int, **kwargs) -> Crop3D:
+    return Crop3D(num_classes, init_features=8, growth_rate=8, block_config=(2, 2))
+
+
+def model_input(model_name: str) -> str:
+    """``2.5d`` or ``3d``: which input layout a registered model takes."""
+    return "3d" if model_name.startswith("cnn3d") else "2.5d"

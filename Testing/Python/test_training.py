@@ -1,0 +1,167 @@
+"""k-fold training into a bundle: resume after kill -9, DDP with 2 gloo processes, bundle checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from JMIDAnomalyLib.bundle import load_bundle
+from JMIDAnomalyLib.cohort import build_cohort
+from JMIDAnomalyLib.errors import InputError
+from JMIDAnomalyLib.labels.labeling import label_reports
+from JMIDAnomalyLib.trainconfig import TrainConfig
+from JMIDAnomalyLib.trainjob import train
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, reference_data) -> Path:
+    root = tmp_path_factory.mktemp("train_data")
+    build_cohort(root / "cohort", cases=12, seed=5, label_noise=0.0)
+    label_reports(root / "cohort" / "reports.csv", root / "labels")
+    return root
+
+
+def config(data: Path, out: Path, **overrides) -> TrainConfig:
+    values = dict(
+        organ="liver",
+        labels_dir=str(data / "labels"),
+        images_dir=str(data / "cohort" / "images"),
+        segs_dir=str(data / "cohort" / "segs"),
+        seg_labels=str(data / "cohort" / "labels.json"),
+        out=str(out),
+        crop_cache=str(data / "crop_cache"),
+        folds=3,
+        epochs=3,
+        batch_size=4,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def histories(out: Path) -> list[list[int]]:
+    return [
+        [row["epoch"] for row in json.loads(p.read_text())["history"]]
+        for p in sorted(out.glob("fold_*/done.json"))
+    ]
+
+
+def test_training_writes_a_self_contained_bundle(data, tmp_path):
+    cfg = config(data, tmp_path / "run")
+    bundle_dir = train(cfg)
+    for path in (bundle_dir, bundle_dir.with_suffix(".zip")):
+        bundle = load_bundle(path)
+        assert bundle.organ == "liver" and len(bundle.models) == 3
+        assert set(bundle.thresholds) == set(bundle.classes)
+        assert bundle.meta["training"]["samples"] == 12
+        assert torch.__version__.startswith(bundle.meta["versions"]["torch"])
+    assert histories(tmp_path / "run") == [[1, 2, 3]] * 3
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    lines = (tmp_path / "run" / "oof_predictions.csv").read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith(
+        "case_id,patient_id,organ,side,class,probability,label,fold,evidence"
+    )
+    assert len(lines) == 1 + 12 * 9
+    # A second run into the same folder must say so instead of mixing runs.
+    with pytest.raises(InputError, match="pass --resume"):
+        train(cfg)
+
+
+def test_resume_after_kill_finishes_with_the_same_epochs(data, tmp_path):
+    out = tmp_path / "run"
+    cfg = config(data, out, epochs=4)
+    cfg_file = tmp_path / "train.json"
+    cfg.save(cfg_file)
+    command = [sys.executable, "-m", "JMIDAnomalyLib.cli", "train", "--config", str(cfg_file)]
+    env = dict(ENV, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "JMIDAnomaly"))
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not (out / "fold_1" / "last.pt").exists():  # kill in fold 1, after at least one epoch
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "bundle").exists()
+    interrupted = torch.load(out / "fold_1" / "last.pt", weights_only=True)["epoch"]
+    assert 1 <= interrupted < 4
+    result = subprocess.run([*command, "--resume"], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert histories(out) == [[1, 2, 3, 4]] * 3
+    assert len(load_bundle(out / "bundle").models) == 3
+
+
+def test_ddp_with_two_gloo_processes_gives_a_bundle(data, tmp_path):
+    cfg_file = tmp_path / "train.yaml"
+    cfg = config(data, tmp_path / "ddp", epochs=2)
+    import yaml
+
+    cfg_file.write_text(yaml.safe_dump(cfg.to_dict()), encoding="utf-8")
+    torchrun = Path(sys.executable).with_name("torchrun")
+    command = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "JMIDAnomalyLib.cli",
+        "train",
+        "--config",
+        str(cfg_file),
+    ]
+    env = dict(ENV, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "JMIDAnomaly"))
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    bundle = load_bundle(tmp_path / "ddp" / "bundle")
+    assert len(bundle.models) == 3 and histories(tmp_path / "ddp") == [[1, 2]] * 3
+
+
+class Smuggled:
+    """Stands for code a malicious weights file could carry."""
+
+
+def test_broken_bundles_get_clear_messages(data, tmp_path):
+    import shutil
+
+    source = train(config(data, tmp_path / "run", epochs=1))
+    bundle = tmp_path / "copy"
+    shutil.copytree(source, bundle)
+    (bundle / "fold_2.pt").unlink()
+    with pytest.raises(InputError, match=r"fold_2.pt is missing"):
+        load_bundle(bundle)
+    state = torch.load(source / "fold_0.pt", weights_only=True)
+    state["sneaky"] = Smuggled()  # any pickled object, not a tensor
+    torch.save(state, bundle / "fold_2.pt")
+    with pytest.raises(InputError, match="refusing to load"):
+        load_bundle(bundle)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    (bundle / "bundle.json").write_text(json.dumps({**meta, "classes": ["cyst"]}))
+    with pytest.raises(InputError, match="classes do not match"):
+        load_bundle(bundle)
+    (bundle / "bundle.json").write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        load_bundle(bundle)
+    (tmp_path / "x.zip").write_bytes(b"nope")
+    with pytest.raises(InputError, match="not a zip"):
+        load_bundle(tmp_path / "x.zip")
+
+
+def test_config_round_trip_and_errors(tmp_path):
+    cfg = TrainConfig(organ="kidney", folds=4, model_kwargs={"pooling": "max"})
+    path = tmp_path / "c.json"
+    cfg.save(path)
+    again = TrainConfig.load(path)
+    assert again.folds == 4 and again.model_kwargs == {"pooling": "max"}
+    assert Path(again.labels_dir).is_absolute()
+    path.write_text('{"organ": "liver", "epochz": 3}')
+    with pytest.raises(InputError, match="unknown keys"):
+        TrainConfig.load(path)
+    with pytest.raises(InputError, match="not one of"):
+        TrainConfig(organ="lung")
