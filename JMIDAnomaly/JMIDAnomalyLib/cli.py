@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
+from .cli_models import _add_evaluate, _add_train, _run_evaluate, _run_train
 from .errors import JMIDError
 from .organs import ORGANS
 
@@ -268,25 +269,6 @@ def _run_cohort(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", required=True, type=Path, help="training configuration (JSON or YAML)"
-    )
-    parser.add_argument(
-        "--resume", action="store_true", help="continue an interrupted run in the same --out"
-    )
-
-
-def _run_train(args: argparse.Namespace) -> int:
-    from .progress import console_progress
-    from .trainconfig import TrainConfig
-    from .trainjob import train
-
-    bundle = train(TrainConfig.load(args.config), args.resume, progress=console_progress("train"))
-    print(f"model bundle written to {bundle} (and {bundle.with_suffix('.zip').name})")
-    return 0
-
-
 def _add_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("jmid-demo"), help="output folder")
     parser.add_argument("--cases", type=int, default=60, help="cohort size (default 60)")
@@ -312,6 +294,7 @@ COMMANDS: dict[str, Command] = {
     "crop": ("crop organs from a CT for the classifier", _add_crop, _run_crop),
     "info": ("read and validate a CT; print its geometry", _add_info, _run_info),
     "train": ("train an organ's k-fold ensemble into a model bundle", _add_train, _run_train),
+    "evaluate": ("metrics, ROC and confusion plots of a bundle", _add_evaluate, _run_evaluate),
     "segment": ("segment organs with an nnU-Net v2 model folder", _add_segment, _run_segment),
     "labels": ("per-organ labels from radiology reports", _add_labels, _run_labels),
     "scene": ("write a Slicer scene with a CT and its organ segmentation", _add_scene, _run_scene),

@@ -165,3 +165,52 @@ def test_config_round_trip_and_errors(tmp_path):
         TrainConfig.load(path)
     with pytest.raises(InputError, match="not one of"):
         TrainConfig(organ="lung")
+
+
+def test_evaluate_oof_and_held_out(data, tmp_path):
+    from JMIDAnomalyLib.cli import main
+
+    run = tmp_path / "run"
+    bundle = train(config(data, run, epochs=2))
+    assert (
+        main(
+            [
+                "evaluate",
+                "--bundle",
+                str(bundle),
+                "--oof",
+                str(run / "oof_predictions.csv"),
+                "--out",
+                str(tmp_path / "oof"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--bundle",
+                str(bundle.with_suffix(".zip")),
+                "--labels",
+                str(data / "labels"),
+                "--data",
+                str(data / "cohort"),
+                "--crops",
+                str(data / "crop_cache"),
+                "--out",
+                str(tmp_path / "held_out"),
+            ]
+        )
+        == 0
+    )
+    for folder in ("oof", "held_out"):
+        metrics = json.loads((tmp_path / folder / "metrics.json").read_text())
+        assert metrics["organ"] == "liver" and metrics["cases"] == 12
+        nofinding = next(c for c in metrics["classes"] if c["class"] == "nofinding")
+        assert nofinding["positives"] + nofinding["negatives"] == 12
+        for png in ("roc.png", "confusion.png"):
+            assert (tmp_path / folder / png).stat().st_size > 5000
+        header = (tmp_path / folder / "predictions.csv").read_text(encoding="utf-8").splitlines()[0]
+        assert header == "case_id,patient_id,organ,side,class,probability,label,fold,evidence"
+    assert main(["evaluate", "--bundle", str(bundle), "--out", str(tmp_path / "x")]) == 2
