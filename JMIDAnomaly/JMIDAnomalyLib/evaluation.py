@@ -147,15 +147,30 @@ def _plots(rows: list[dict], table: list[dict], out: Path, organ: str) -> None:
         plt.close(figure)
 
 
-def _write(out: Path, rows: list[dict], table: list[dict], organ: str) -> dict:
-    out.mkdir(parents=True, exist_ok=True)
-    with (
-        atomic_output(out / "predictions.csv") as tmp,
-        tmp.open("w", encoding="utf-8", newline="") as f,
-    ):
+def write_predictions(path: Path, rows: list[dict]) -> None:
+    """The predictions CSV (COLUMNS), atomically; training's out-of-fold file uses it too."""
+    with atomic_output(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def prediction_rows(samples, probs: np.ndarray, classes, organ: str, folds) -> list[dict]:
+    """One row per sample and class; ``folds`` is a fold index per sample, or one label."""
+    rows = []
+    for i, s in enumerate(samples):
+        fold = folds if isinstance(folds, str) else int(folds[i])
+        for k, cls in enumerate(classes):
+            label = "" if np.isnan(s.labels[k]) else str(int(s.labels[k]))
+            rows.append({"case_id": s.case_id, "patient_id": s.patient_id, "organ": organ,
+                         "side": s.side, "class": cls, "probability": f"{probs[i, k]:.5f}",
+                         "label": label, "fold": fold, "evidence": s.evidence})  # fmt: skip
+    return rows
+
+
+def _write(out: Path, rows: list[dict], table: list[dict], organ: str) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    write_predictions(out / "predictions.csv", rows)
     summary = {
         "organ": organ,
         "cases": len({(r["case_id"], r["side"]) for r in rows}),
@@ -210,21 +225,5 @@ def evaluate_bundle(
     crop = bundle.crop_config
     dataset = CropDataset(samples, bundle.layout, crop.samples, crop.slices_per_sample)
     probs, _ = predict(bundle, dataset)
-    rows = []
-    for i, s in enumerate(samples):
-        for k, cls in enumerate(bundle.classes):
-            label = "" if np.isnan(s.labels[k]) else str(int(s.labels[k]))
-            rows.append(
-                {
-                    "case_id": s.case_id,
-                    "patient_id": s.patient_id,
-                    "organ": bundle.organ,
-                    "side": s.side,
-                    "class": cls,
-                    "probability": f"{probs[i, k]:.5f}",
-                    "label": label,
-                    "fold": "ensemble",
-                    "evidence": s.evidence,
-                }
-            )
+    rows = prediction_rows(samples, probs, bundle.classes, bundle.organ, "ensemble")
     return _write(Path(out), rows, metrics_table(rows, bundle.thresholds), bundle.organ)

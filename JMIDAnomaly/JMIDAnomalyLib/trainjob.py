@@ -6,7 +6,6 @@ Folds that finished are skipped when a run is resumed; an interrupted fold conti
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
@@ -18,6 +17,7 @@ import torch
 
 from .bundle import save_bundle
 from .errors import InputError, JMIDError, atomic_output
+from .evaluation import prediction_rows, write_predictions
 from .organs import ORGAN_CLASSES
 from .trainconfig import TrainConfig
 from .training import FoldTrainer, Progress, seed_everything, split_folds
@@ -122,7 +122,8 @@ def train(config: TrainConfig, resume: bool = False, progress: Progress | None =
         labels = np.stack([np.nan_to_num(s.labels) for s in samples])
         known = np.stack([~np.isnan(s.labels) for s in samples]).astype(float)
         thresholds = youden_thresholds(labels, oof, known, classes)
-        _write_oof(out / "oof_predictions.csv", samples, fold_of, oof, classes, config.organ)
+        rows = prediction_rows(samples, oof, classes, config.organ, fold_of)
+        write_predictions(out / "oof_predictions.csv", rows)
         crop = config.crop_config()
         kwargs = dict(config.model_kwargs)
         if not config.model.startswith("cnn3d"):
@@ -147,40 +148,6 @@ def train(config: TrainConfig, resume: bool = False, progress: Progress | None =
     if world > 1:
         torch.distributed.barrier()
     return bundle
-
-
-def _write_oof(path: Path, samples, fold_of, oof, classes, organ) -> None:
-    with atomic_output(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(
-            [
-                "case_id",
-                "patient_id",
-                "organ",
-                "side",
-                "class",
-                "probability",
-                "label",
-                "fold",
-                "evidence",
-            ]
-        )
-        for i, s in enumerate(samples):
-            for k, cls in enumerate(classes):
-                label = "" if np.isnan(s.labels[k]) else int(s.labels[k])
-                writer.writerow(
-                    [
-                        s.case_id,
-                        s.patient_id,
-                        organ,
-                        s.side,
-                        cls,
-                        f"{oof[i, k]:.5f}",
-                        label,
-                        int(fold_of[i]),
-                        s.evidence,
-                    ]
-                )
 
 
 def _log_mlflow(config: TrainConfig, out: Path) -> None:
