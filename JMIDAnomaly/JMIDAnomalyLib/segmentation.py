@@ -91,7 +91,6 @@ class OrganSegmenter:
         device: str = "auto",
         orientation: str | None = None,
     ) -> None:
-        import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
@@ -156,8 +155,6 @@ class OrganSegmenter:
         )  # fmt: skip
         self.orientation = orientation
         self.model_dir = model_dir
-        if self.device.type == "cpu":
-            torch.set_num_threads(max(1, torch.get_num_threads()))
 
     @property
     def label_names(self) -> dict[int, str]:

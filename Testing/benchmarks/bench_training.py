@@ -37,6 +37,8 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--work", type=Path, default=Path("bench-training"))
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--model", default="mil_tiny")
     args = parser.parse_args()
     work = args.work
     if not (work / "cohort" / "cohort.json").exists():
@@ -55,7 +57,8 @@ def main() -> int:
         folds=5,
         epochs=args.epochs,
         batch_size=8,
-        lr=1e-3,
+        lr=args.lr,
+        model=args.model,
         tensorboard=False,
     )
     t = time.perf_counter()
