@@ -207,18 +207,10 @@ def evaluate_bundle(
     """Run the bundle on a labelled set (``data_root`` in the cohort layout: images/, segs/,
     labels.json) and write metrics, plots and predictions into ``out``."""
     bundle = load_bundle(bundle_path)
-    data_root = Path(data_root)
-    stored = dict(bundle.meta.get("config", {}))
-    stored.update(
-        organ=bundle.organ,
-        labels_dir=str(labels_dir),
-        images_dir=str(data_root / "images"),
-        segs_dir=str(data_root / "segs"),
-        seg_labels=str(data_root / "labels.json"),
-        crop_cache=str(crop_cache),
-        out=str(out),
-    )
-    config = TrainConfig.from_dict(stored)
+    paths = ("labels_dir", "images_dir", "segs_dir", "seg_labels", "out", "crop_cache")
+    settings = {k: v for k, v in bundle.meta.get("config", {}).items() if k not in paths}
+    settings["organ"] = bundle.organ
+    config = TrainConfig.for_cohort(data_root, labels_dir, out, crop_cache, **settings)
     samples, _ = load_samples(config)
     if not samples:
         raise InputError(labels_dir, f"no usable {bundle.organ} cases")

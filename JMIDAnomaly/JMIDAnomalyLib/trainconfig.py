@@ -83,6 +83,28 @@ class TrainConfig:
         return cls(**data)
 
     @classmethod
+    def for_cohort(
+        cls,
+        data_root: str | Path,
+        labels_dir: str | Path,
+        out: str | Path,
+        crop_cache: str | Path = "",
+        **settings,
+    ) -> TrainConfig:
+        """A configuration for data in the cohort layout: ``data_root/images``,
+        ``data_root/segs`` and ``data_root/labels.json`` (what ``jmid cohort`` writes)."""
+        data_root = Path(data_root)
+        return cls(
+            labels_dir=str(labels_dir),
+            images_dir=str(data_root / "images"),
+            segs_dir=str(data_root / "segs"),
+            seg_labels=str(data_root / "labels.json"),
+            out=str(out),
+            crop_cache=str(crop_cache),
+            **settings,
+        )
+
+    @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
         """From JSON or YAML; relative paths are taken relative to the file's folder."""
         path = Path(path)

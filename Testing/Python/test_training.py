@@ -31,20 +31,10 @@ def data(tmp_path_factory, reference_data) -> Path:
 
 
 def config(data: Path, out: Path, **overrides) -> TrainConfig:
-    values = dict(
-        organ="liver",
-        labels_dir=str(data / "labels"),
-        images_dir=str(data / "cohort" / "images"),
-        segs_dir=str(data / "cohort" / "segs"),
-        seg_labels=str(data / "cohort" / "labels.json"),
-        out=str(out),
-        crop_cache=str(data / "crop_cache"),
-        folds=3,
-        epochs=3,
-        batch_size=4,
+    settings = dict(organ="liver", folds=3, epochs=3, batch_size=4) | overrides
+    return TrainConfig.for_cohort(
+        data / "cohort", data / "labels", out, data / "crop_cache", **settings
     )
-    values.update(overrides)
-    return TrainConfig(**values)
 
 
 def histories(out: Path) -> list[list[int]]:

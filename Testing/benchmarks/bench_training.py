@@ -46,14 +46,12 @@ def main() -> int:
         build_cohort(work / "cohort", cases=args.cases, seed=0)
         print(f"cohort of {args.cases} cases built in {time.perf_counter() - t:.0f} s")
     label_reports(work / "cohort" / "reports.csv", work / "labels")
-    config = TrainConfig(
+    config = TrainConfig.for_cohort(
+        work / "cohort",
+        work / "labels",
+        work / "run",
+        work / "crop_cache",
         organ="liver",
-        labels_dir=str(work / "labels"),
-        images_dir=str(work / "cohort" / "images"),
-        segs_dir=str(work / "cohort" / "segs"),
-        seg_labels=str(work / "cohort" / "labels.json"),
-        out=str(work / "run"),
-        crop_cache=str(work / "crop_cache"),
         folds=5,
         epochs=args.epochs,
         batch_size=8,
