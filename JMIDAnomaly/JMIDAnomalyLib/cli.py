@@ -13,7 +13,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .cli_models import _add_evaluate, _add_train, _run_evaluate, _run_train
+from .cli_models import (
+    _add_analyze,
+    _add_evaluate,
+    _add_train,
+    _run_analyze,
+    _run_evaluate,
+    _run_train,
+)
 from .errors import JMIDError
 from .organs import ORGANS
 
@@ -270,16 +277,27 @@ def _run_cohort(args: argparse.Namespace) -> int:
 
 
 def _add_demo(parser: argparse.ArgumentParser) -> None:
+    from .demo import DemoSettings
+
+    d = DemoSettings()
     parser.add_argument("--out", type=Path, default=Path("jmid-demo"), help="output folder")
-    parser.add_argument("--cases", type=int, default=60, help="cohort size (default 60)")
-    parser.add_argument("--seed", type=int, default=0, help="cohort seed")
+    parser.add_argument("--cases", type=int, default=d.cases, help=f"cohort size ({d.cases})")
+    parser.add_argument("--seed", type=int, default=d.seed, help="cohort and training seed")
+    parser.add_argument("--organs", default=",".join(d.organs), help="organs to train")
+    parser.add_argument("--folds", type=int, default=d.folds, help=f"folds ({d.folds})")
+    parser.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs ({d.epochs})")
+    parser.add_argument("--holdout", type=int, default=d.holdout, help="held-out cases to analyze")
+    parser.add_argument("--model", default=d.model, help=f"classifier ({d.model})")
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import DemoSettings, run_demo
     from .progress import console_progress
 
-    result = run_demo(args.out, args.cases, args.seed, progress=console_progress("demo"))
+    organs = tuple(o.strip() for o in args.organs.split(",") if o.strip())
+    settings = DemoSettings(args.cases, args.seed, organs, args.folds, args.epochs,
+                            args.holdout, args.model)  # fmt: skip
+    result = run_demo(args.out, settings, progress=console_progress("demo"))
     print(result.table())
     print()
     for what, path in result.files.items():
@@ -295,6 +313,7 @@ COMMANDS: dict[str, Command] = {
     "info": ("read and validate a CT; print its geometry", _add_info, _run_info),
     "train": ("train an organ's k-fold ensemble into a model bundle", _add_train, _run_train),
     "evaluate": ("metrics, ROC and confusion plots of a bundle", _add_evaluate, _run_evaluate),
+    "analyze": ("scores and heatmaps of a CT with model bundles", _add_analyze, _run_analyze),
     "segment": ("segment organs with an nnU-Net v2 model folder", _add_segment, _run_segment),
     "labels": ("per-organ labels from radiology reports", _add_labels, _run_labels),
     "scene": ("write a Slicer scene with a CT and its organ segmentation", _add_scene, _run_scene),

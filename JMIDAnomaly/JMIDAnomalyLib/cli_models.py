@@ -61,3 +61,52 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         )
     print(f"metrics, ROC and confusion plots, predictions.csv written to {args.out}")
     return 0
+
+
+def _add_analyze(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ct", required=True, type=Path, help="CT volume file or DICOM folder")
+    seg = parser.add_mutually_exclusive_group(required=True)
+    seg.add_argument("--seg", type=Path, help="organ label map on the CT's grid")
+    seg.add_argument("--seg-model", type=Path, help="nnU-Net v2 model folder to segment with")
+    parser.add_argument(
+        "--seg-labels", type=Path, help="label table of --seg (default: SEG's name with .json)"
+    )
+    parser.add_argument(
+        "--bundle", required=True, type=Path, action="append",
+        help="model bundle (folder or zip) or a folder of bundles; repeat for more organs",
+    )  # fmt: skip
+    parser.add_argument("--out", required=True, type=Path, help="results folder")
+    parser.add_argument(
+        "--explain", choices=("occlusion", "hirescam", "none"), default="occlusion",
+        help="heatmap method (default occlusion)",
+    )  # fmt: skip
+    parser.add_argument("--organs", help="comma-separated organs (default: every bundle's)")
+    parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    parser.add_argument("--no-scene", action="store_true", help="skip the Slicer scene")
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from .analysis import AnomalyPredictor
+    from .analyzejob import analyze_case
+    from .progress import console_progress
+
+    predictor = AnomalyPredictor(args.bundle, args.device)
+    segmenter = None
+    if args.seg_model:
+        from .segmentation import OrganSegmenter
+
+        segmenter = OrganSegmenter(args.seg_model, device=args.device)
+    organs = tuple(o.strip() for o in args.organs.split(",")) if args.organs else None
+    analysis = analyze_case(
+        args.ct, predictor, args.out, args.seg, args.seg_labels, segmenter, args.explain,
+        organs, not args.no_scene, console_progress("analyze"),
+    )  # fmt: skip
+    for organ in analysis.organs:
+        if not organ.scores:
+            print(f"  {organ.key:18s} {organ.status}: {organ.message}")
+            continue
+        flagged = ", ".join(organ.flagged) or "no finding above threshold"
+        top = max((s for s in organ.scores if s.cls != "nofinding"), key=lambda s: s.probability)
+        print(f"  {organ.key:18s} {flagged:40s} (top {top.cls} {top.probability:.2f})")
+    print(f"scores.json, heatmaps, overview.png and scene.mrb written to {args.out}")
+    return 0

@@ -9,6 +9,14 @@
     out/truth.json                   per case: patient, findings (organ, side, class, size,
                                      centre in LPS mm, reported or left out by label noise)
     out/cohort.json                  a summary; out/contact_sheet.png slices through findings
+
+The example CT is a non-contrast scan (liver about 50 HU), while the lesion values planted here
+(and the reports they stand for) are those of portal-venous phase CT, the phase most abdominal
+reports are written on. Each case is therefore given a portal-venous enhancement first: the
+parenchyma of each organ is raised by a per-case amount (:data:`ENHANCEMENT_HU`), which puts a
+water-density cyst about 100 HU below the liver, as on real contrast CT. Liver findings are
+planted twice as often as the others so that a cohort of a few hundred cases carries enough
+positives per liver class to train and evaluate the demo ensemble.
 """
 
 from __future__ import annotations
@@ -39,6 +47,17 @@ logger = logging.getLogger(__name__)
 
 FINDING_RATE = 0.5  # share of cases with at least one finding
 
+#: Portal-venous enhancement (HU added to the organ's parenchyma, drawn per case).
+ENHANCEMENT_HU: dict[str, tuple[float, float]] = {
+    "liver": (45.0, 65.0),
+    "spleen": (55.0, 75.0),
+    "kidney": (90.0, 130.0),
+    "pancreas": (35.0, 55.0),
+}
+
+#: Relative frequency of each kind in :data:`FINDING_KINDS` (liver classes twice as often).
+KIND_WEIGHTS = np.array([2.0 if organ == "liver" else 1.0 for organ, _ in FINDING_KINDS])
+
 
 def _patients(n: int, rng: np.random.Generator) -> list[str]:
     """Patient ids for n exams: most patients have one exam, some two or three."""
@@ -52,14 +71,14 @@ def _patients(n: int, rng: np.random.Generator) -> list[str]:
 def _plant(planter: Planter, organ: str, cls: str, labels: np.ndarray, names: dict[int, str], rng):
     side = rng.choice(["left", "right"]) if organ == "kidney" else None
     if organ == "liver" and cls == "cyst":
-        return planter.lesion("liver", None, "cyst", (5, 40), (0, 15))
+        return planter.lesion("liver", None, "cyst", (8, 40), (0, 15))
     if organ == "liver" and cls == "SOL":
-        contrast = (-70, -30) if rng.random() < 0.7 else (30, 70)
+        contrast = (-80, -40) if rng.random() < 0.7 else (40, 80)
         return planter.lesion("liver", None, "SOL", (10, 40), contrast, soft=True, absolute=False)
     if organ == "liver" and cls == "fatty_liver":
         return planter.fatty_liver()
     if organ == "liver" and cls == "calcification":
-        return planter.lesion("liver", None, "calcification", (3, 8), (400, 800))
+        return planter.lesion("liver", None, "calcification", (4, 10), (400, 800))
     if organ == "spleen" and cls == "deformation":
         value = {v: k for k, v in names.items()}["spleen"]
         return planter.enlarge("spleen", labels, value)
@@ -94,12 +113,18 @@ def build_case(index: int, seed: int, out: str, label_noise: float, patient: str
     for value, structure in names.items():
         organ, side = TOTALSEGMENTATOR_ORGANS[structure]
         masks[f"{organ}_{side}" if side else organ] = (labels == value).astype(np.uint8)
+    for key, mask in masks.items():
+        low, high = ENHANCEMENT_HU.get(key.split("_")[0], (0.0, 0.0))
+        if high > 0:
+            ct_array[mask > 0] += float(rng.uniform(low, high))
     finding_mask = np.zeros(labels.shape, np.uint8)
     planter = Planter(ct_array, masks, grid, rng, finding_mask)
     planted: list[PlantedFinding] = []
     if rng.random() < FINDING_RATE:
         count = int(rng.choice([1, 1, 1, 2, 2, 3]))
-        kinds = [FINDING_KINDS[i] for i in rng.choice(len(FINDING_KINDS), count, replace=False)]
+        weights = KIND_WEIGHTS / KIND_WEIGHTS.sum()
+        picks = rng.choice(len(FINDING_KINDS), count, replace=False, p=weights)
+        kinds = [FINDING_KINDS[i] for i in picks]
         for organ, cls in kinds:
             if organ in ("spleen", "pancreas", "gallbladder", "liver") and organ not in masks:
                 continue

@@ -23,7 +23,7 @@ from .geometry import CropRecord, Grid
 from .organs import ORGANS
 
 #: Bump when crop_organs changes what it produces.
-CROP_VERSION = 1
+CROP_VERSION = 2
 
 
 def crop_key(

@@ -9,8 +9,10 @@ Fast path (all organs of a 512x512x300 CT in about a second on one core):
 The published scripts dilated the full-volume mask with a ball and then resized the whole crop;
 ``Testing/benchmarks/bench_crops.py`` compares both.
 
-Every crop carries a :class:`~JMIDAnomalyLib.geometry.CropRecord`, so a map computed on it goes
-back into the CT exactly (:func:`~JMIDAnomalyLib.geometry.map_to_source`).
+Crops lie on LPS-aligned grids (:func:`~JMIDAnomalyLib.geometry.axis_aligned_grid`), so the
+model sees the anatomy the same way up whatever the CT's stored orientation. Every crop carries a
+:class:`~JMIDAnomalyLib.geometry.CropRecord`, so a map computed on it goes back into the CT
+exactly (:func:`~JMIDAnomalyLib.geometry.map_to_source`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from .errors import InputError
-from .geometry import CropRecord, Grid, crop_index_region, resample_to_grid
+from .geometry import CropRecord, Grid, axis_aligned_grid, crop_index_region, resample_to_grid
 from .organs import ORGANS, SIDED_ORGANS, TOTALSEGMENTATOR_ORGANS
 
 logger = logging.getLogger(__name__)
@@ -261,7 +263,7 @@ def _fill_crop(crop, ct, sub_mask, mask_lower, lo, hi, config: CropConfig) -> No
         offset[1] : offset[1] + sub_mask.shape[1],
         offset[2] : offset[2] + sub_mask.shape[2],
     ] = sub_mask
-    target = source.resized((config.grid_zyx[2], config.grid_zyx[1], config.grid_zyx[0]))
+    target = axis_aligned_grid(source, (config.grid_zyx[2], config.grid_zyx[1], config.grid_zyx[0]))
     image = sitk.GetArrayFromImage(
         resample_to_grid(sitk.Cast(region, sitk.sitkFloat32), target, "linear")
     )

@@ -1,10 +1,17 @@
-"""The main job on the built-in demo data.
+"""The main job on the built-in demo data, end to end.
 
-Runs the stages that exist, end to end: build the demo cohort (real CT anatomy, planted
-findings, reports), import labels from its reports, crop every organ of every case through the
-crop cache (from the cohort's own organ segmentations; ``jmid segment`` runs a model instead),
-and write a Slicer scene of one case with its organs and planted findings. Re-running reuses
-the cohort and the cached crops. Training, evaluation and analysis join as they land.
+1. build the demo cohort (real CT anatomy, planted findings, reports; reused when it exists);
+2. import labels from its reports;
+3. crop the trained organs of every case through the crop cache, from the cohort's own organ
+   segmentations (the demo does not run a segmentation model: ``jmid segment`` or
+   ``jmid analyze --seg-model`` do that with an nnU-Net folder);
+4. train each organ's k-fold ensemble (demo preset, ``mil_small``) on all cases but a few held
+   out, into a model bundle (reused when its configuration is unchanged; an interrupted run
+   resumes);
+5. evaluate the out-of-fold predictions (metrics, ROC and confusion PNGs);
+6. analyze the held-out cases with heatmaps (scores.json, overview.png, a Slicer scene each)
+   and measure how far each heatmap lies from the planted finding;
+7. write a Slicer scene of one case with its organs and planted findings.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import SimpleITK as sitk
 
 from .cohort import build_cohort
@@ -30,6 +38,19 @@ Progress = Callable[[float, str], None]
 
 
 @dataclass
+class DemoSettings:
+    """Sizes of the demo run (the defaults finish in about 10 minutes on 2 CPU cores)."""
+
+    cases: int = 200
+    seed: int = 0
+    organs: tuple[str, ...] = ("liver",)
+    folds: int = 5
+    epochs: int = 6
+    holdout: int = 3
+    model: str = "mil_small"
+
+
+@dataclass
 class DemoResult:
     out: Path
     cohort: dict = field(default_factory=dict)
@@ -37,6 +58,8 @@ class DemoResult:
     crop_status: Counter = field(default_factory=Counter)
     crops_from_cache: int = 0
     label_check: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)  # organ -> {"minutes", "reused", "metrics"}
+    analyses: list = field(default_factory=list)  # per held-out case: dict
     files: dict[str, Path] = field(default_factory=dict)
 
     def table(self) -> str:
@@ -55,6 +78,25 @@ class DemoResult:
         ]
         for kind, (planted, reported, labelled) in sorted(self.label_check.items()):
             lines.append(f"{kind:36s} {planted:8d} {reported:11d} {labelled:9d}")
+        for organ, run in self.training.items():
+            how = "reused" if run["reused"] else f"trained in {run['minutes']:.1f} min"
+            lines += ["", f"{organ} ensemble ({how}), out-of-fold:",
+                      f"  {'class':26s} {'positives':>9s} {'AUC (95% CI)':>22s} "
+                      f"{'sens':>5s} {'spec':>5s}"]  # fmt: skip
+            for m in run["metrics"]:
+                if not m["positives"]:
+                    continue
+                auc = (f"{m['auc']:.3f} ({m['auc_low']:.2f}-{m['auc_high']:.2f})"
+                       if "auc" in m else "-")  # fmt: skip
+                sens = "-" if m["sensitivity"] is None else f"{m['sensitivity']:.2f}"
+                spec = "-" if m["specificity"] is None else f"{m['specificity']:.2f}"
+                lines.append(f"  {m['class']:26s} {m['positives']:9d} {auc:>22s} "
+                             f"{sens:>5s} {spec:>5s}")  # fmt: skip
+        if self.analyses:
+            lines += ["", "held-out cases analyzed (heatmap: distance from its top 5% to the "
+                      "planted finding):"]  # fmt: skip
+            for a in self.analyses:
+                lines.append(f"  {a['case']}: {a['seconds']:.1f} s; {a['summary']}")
         return "\n".join(lines)
 
 
@@ -62,46 +104,157 @@ def _log_progress(fraction: float, message: str) -> None:
     logger.info("[%3.0f%%] %s", 100 * fraction, message)
 
 
-def run_demo(
-    out: Path, cases: int = 60, seed: int = 0, progress: Progress = _log_progress
-) -> DemoResult:
+def run_demo(out: Path, settings: DemoSettings | None = None,
+             progress: Progress = _log_progress) -> DemoResult:  # fmt: skip
     """Run the demo into ``out`` (see the module docstring)."""
-    from slicer import vtkMRMLScene
-
-    from .mrml import float_map_to_overlay_node, save_scene
-    from .scenes import add_case_to_scene
-
+    settings = settings or DemoSettings()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result = DemoResult(out)
     cohort_dir = out / "cohort"
     summary_file = cohort_dir / "cohort.json"
     previous = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-    if previous.get("cases") == cases and previous.get("seed") == seed:
+    if previous.get("cases") == settings.cases and previous.get("seed") == settings.seed:
         progress(0.0, "reusing the demo cohort")
         result.cohort = previous
     else:
-        progress(0.0, f"building the demo cohort ({cases} cases)")
+        progress(0.0, f"building the demo cohort ({settings.cases} cases)")
         result.cohort = build_cohort(
-            cohort_dir, cases, seed, progress=lambda f, m: progress(0.6 * f, f"cohort: {m}")
-        )
-    progress(0.6, "importing labels from the reports")
+            cohort_dir, settings.cases, settings.seed,
+            progress=lambda f, m: progress(0.3 * f, f"cohort: {m}"),
+        )  # fmt: skip
+    progress(0.3, "importing labels from the reports")
     result.labels = label_reports(cohort_dir / "reports.csv", out / "labels", LabelOptions())
     truth = json.loads((cohort_dir / "truth.json").read_text())
     names = {int(k): v for k, v in json.loads((cohort_dir / "labels.json").read_text()).items()}
-    progress(0.65, "cropping organs (crop cache)")
+    progress(0.32, "cropping organs (crop cache)")
     cache = CropCache(out / "crop_cache")
     config = CropConfig.preset("demo")
     for i, record in enumerate(truth):
         case = record["case_id"]
         ct = read_ct(cohort_dir / "images" / f"{case}.nii.gz")
         seg = read_label_map(cohort_dir / "segs" / f"{case}.nii.gz", reference=ct)
-        crops, hit = cache.get(ct, seg, names, config=config)
-        result.crops_from_cache += int(hit)
-        result.crop_status.update(c.status for c in crops)
-        progress(0.65 + 0.25 * (i + 1) / len(truth), f"cropped {case}")
+        hits = []
+        for organ in settings.organs:
+            crops, hit = cache.get(ct, seg, names, (organ,), config)
+            result.crop_status.update(c.status for c in crops)
+            hits.append(hit)
+        result.crops_from_cache += int(all(hits))
+        progress(0.32 + 0.08 * (i + 1) / len(truth), f"cropped {case}")
     result.label_check = _label_check(truth, out / "labels")
-    progress(0.9, "writing a Slicer scene of one case")
+    held_out = _held_out(truth, settings)
+    bundles = []
+    for n, organ in enumerate(settings.organs):
+        span = 0.45 / len(settings.organs)
+        bundle, result.training[organ] = _train_organ(
+            out, organ, settings, held_out,
+            lambda f, m, n=n, span=span: progress(0.4 + span * (n + f), m),
+        )  # fmt: skip
+        bundles.append(bundle)
+    progress(0.85, "analyzing held-out cases")
+    result.analyses = _analyze_held_out(out, truth, held_out, bundles, progress)
+    progress(0.97, "writing a Slicer scene of one case")
+    result.files = {
+        "cohort": cohort_dir,
+        "contact sheet": cohort_dir / "contact_sheet.png",
+        "labels": out / "labels",
+        "crop cache": out / "crop_cache",
+        **{f"{o} bundle": out / "training" / o / "bundle" for o in settings.organs},
+        **{f"{o} evaluation": out / "evaluation" / o for o in settings.organs},
+        **{f"analysis {a['case']}": out / "analysis" / a["case"] for a in result.analyses},
+        "scene": _planted_scene(out, cohort_dir, truth, names),
+    }
+    progress(1.0, "done")
+    return result
+
+
+def _held_out(truth: list[dict], settings: DemoSettings) -> list[str]:
+    """The last cases with a planted finding in a trained organ (never trained on)."""
+    found = [
+        r["case_id"]
+        for r in truth
+        if any(f["organ"] in settings.organs and f["size_mm"] >= 10 for f in r["findings"])
+    ]
+    return found[-settings.holdout :] if settings.holdout else []
+
+
+def _train_organ(out: Path, organ: str, settings: DemoSettings, held_out: list[str],
+                 progress: Progress) -> tuple[Path, dict]:  # fmt: skip
+    import shutil
+    import time
+
+    from .evaluation import evaluate_oof
+    from .trainconfig import TrainConfig
+    from .trainjob import train
+
+    run = out / "training" / organ
+    config = TrainConfig.for_cohort(
+        out / "cohort", out / "labels", run, out / "crop_cache", organ=organ,
+        folds=settings.folds, epochs=settings.epochs, model=settings.model,
+        seed=settings.seed, exclude_cases=sorted(held_out),
+    )  # fmt: skip
+    saved = run / "config.json"
+    same = saved.exists() and json.loads(saved.read_text()) == config.to_dict()
+    reused = same and (run / "bundle" / "bundle.json").exists()
+    start = time.perf_counter()
+    if not reused:
+        if not same:
+            shutil.rmtree(run, ignore_errors=True)
+        progress(0.0, f"training the {organ} ensemble ({settings.folds} folds)")
+        train(config, resume=same, progress=lambda f, m: progress(0.95 * f, f"{organ}: {m}"))
+    minutes = (time.perf_counter() - start) / 60
+    progress(0.95, f"evaluating the {organ} ensemble")
+    summary = evaluate_oof(run / "bundle", run / "oof_predictions.csv", out / "evaluation" / organ)
+    return run / "bundle", {"minutes": minutes, "reused": reused, "metrics": summary["classes"]}
+
+
+def _analyze_held_out(out: Path, truth: list[dict], held_out: list[str], bundles: list[Path],
+                      progress: Progress) -> list[dict]:  # fmt: skip
+    from .analysis import AnomalyPredictor
+    from .analyzejob import analyze_case
+    from .geometry import Grid, centroid_lps
+
+    if not held_out:
+        return []
+    predictor = AnomalyPredictor(bundles)
+    cohort = out / "cohort"
+    by_case = {r["case_id"]: r for r in truth}
+    rows = []
+    for n, case in enumerate(held_out):
+        progress(0.85 + 0.12 * n / len(held_out), f"analyzing {case}")
+        analysis = analyze_case(cohort / "images" / f"{case}.nii.gz", predictor,
+                                out / "analysis" / case, cohort / "segs" / f"{case}.nii.gz",
+                                cohort / "labels.json")  # fmt: skip
+        grid = Grid.from_image(analysis.label_map)
+        parts = []
+        for organ in analysis.organs:
+            if not organ.scores:
+                parts.append(f"{organ.key} {organ.status}")
+                continue
+            flagged = ", ".join(organ.flagged) or "nothing flagged"
+            text = f"{organ.key}: {flagged}"
+            planted = [f for f in by_case[case]["findings"]
+                       if f["organ"] == organ.organ and (f["side"] or None) == organ.side
+                       and f["size_mm"] > 0]  # fmt: skip
+            if organ.heatmap is not None and planted and organ.heatmap.max() > 0:
+                heat = organ.heatmap
+                top = heat >= np.quantile(heat[heat > 0], 0.95)
+                centre = centroid_lps(top, grid)
+                f = planted[0]
+                distance = float(np.linalg.norm(centre - np.array(f["centre_lps"])))
+                text += (f"; planted {f['cls']} {f['size_mm']:.0f} mm, heatmap "
+                         f"({organ.explained_class}) {distance:.0f} mm from it")  # fmt: skip
+            parts.append(text)
+        rows.append({"case": case, "seconds": analysis.seconds, "summary": "; ".join(parts)})
+    return rows
+
+
+def _planted_scene(out: Path, cohort_dir: Path, truth: list[dict], names: dict) -> Path:
+    from slicer import vtkMRMLScene
+
+    from .mrml import float_map_to_overlay_node, save_scene
+    from .scenes import add_case_to_scene
+
     shown = next((r for r in truth if r["findings"]), truth[0])
     case = shown["case_id"]
     ct = read_ct(cohort_dir / "images" / f"{case}.nii.gz")
@@ -112,15 +265,7 @@ def run_demo(
     float_map_to_overlay_node(
         sitk.Cast(findings > 0, sitk.sitkFloat32), scene, f"{case} planted findings"
     )
-    result.files = {
-        "cohort": cohort_dir,
-        "contact sheet": cohort_dir / "contact_sheet.png",
-        "labels": out / "labels",
-        "crop cache": out / "crop_cache",
-        "scene": save_scene(scene, out / "scene.mrb"),
-    }
-    progress(1.0, "done")
-    return result
+    return save_scene(scene, out / "scene.mrb")
 
 
 def _label_check(truth: list[dict], labels_dir: Path) -> dict[str, tuple[int, int, int]]:

@@ -297,6 +297,23 @@ def map_to_source(
     return out
 
 
+def axis_aligned_grid(grid: Grid, size_xyz: tuple[int, int, int]) -> Grid:
+    """A grid with ``size_xyz`` voxels and LPS-aligned axes (identity direction) covering the
+    axis-aligned physical box of ``grid``'s voxel edges.
+
+    Crops are made on such grids, so a model sees the anatomy the same way up whatever the CT's
+    stored orientation (RAS, LPS, LAS, oblique): no array is ever flipped by hand.
+    """
+    low, high = _grid_physical_bounds(grid)
+    spacing = (high - low) / np.asarray(size_xyz, dtype=float)
+    return Grid(
+        tuple(int(v) for v in size_xyz),
+        tuple(float(v) for v in spacing),
+        tuple(float(v) for v in low + spacing / 2),
+        tuple(float(v) for v in np.eye(3).ravel()),
+    )
+
+
 def _grid_physical_bounds(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     """Axis-aligned LPS bounds of a grid's voxel edges."""
     size = np.asarray(grid.size)

@@ -3,7 +3,7 @@
 - ``mil_*``: the reference 2.5D multiple-instance model. A timm encoder reads each sample of
   adjacent slices (``in_chans`` = slices per sample), a bidirectional LSTM runs over the
   samples, a linear head gives per-sample multi-label logits; the case logit is the mean over
-  samples (``pooling="max"`` as an option).
+  samples (``pooling="max"`` as an option). ``mil_small`` is the demo's CPU-sized variant.
 - ``cnn3d_*``: a MONAI 3D network on the whole crop.
 
 Input shapes: ``mil_*`` take (B, S, C, H, W) = (batch, samples, slices, y, x); ``cnn3d_*`` take
@@ -54,6 +54,8 @@ class SliceMIL(nn.Module):
         pooling: str = "mean",
         pretrained: bool = False,
         drop_rate: float = 0.0,
+        global_pool: str = "avg",
+        encoder_args: dict | None = None,
     ) -> None:
         super().__init__()
         import timm
@@ -61,18 +63,43 @@ class SliceMIL(nn.Module):
         if pooling not in ("mean", "max"):
             raise ValueError("pooling must be 'mean' or 'max'")
         self.encoder = timm.create_model(backbone, pretrained=pretrained, in_chans=in_chans,
-                                         num_classes=0, drop_rate=drop_rate)  # fmt: skip
-        self.lstm = nn.LSTM(self.encoder.num_features, lstm_hidden, lstm_layers,
-                            batch_first=True, bidirectional=True)  # fmt: skip
-        self.head = nn.Linear(2 * lstm_hidden, num_classes)
+                                         num_classes=0, drop_rate=drop_rate,
+                                         global_pool=global_pool,
+                                         **(encoder_args or {}))  # fmt: skip
+        if lstm_layers > 0:
+            self.lstm = nn.LSTM(self.encoder.num_features, lstm_hidden, lstm_layers,
+                                batch_first=True, bidirectional=True)  # fmt: skip
+            self.head = nn.Linear(2 * lstm_hidden, num_classes)
+        else:  # no context between samples: each sample is scored on its own
+            self.lstm = None
+            self.head = nn.Linear(self.encoder.num_features, num_classes)
         self.pooling = pooling
 
     def sample_logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, S, C, H, W) -> per-sample logits (B, S, K)."""
+        return self._sample_logits(x)[0]
+
+    def _sample_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch, samples = x.shape[:2]
-        features = self.encoder(x.flatten(0, 1)).view(batch, samples, -1)
-        hidden, _ = self.lstm(features)
-        return self.head(hidden)
+        feature_map = self.encoder.forward_features(x.flatten(0, 1))
+        features = self.encoder.forward_head(feature_map).view(batch, samples, -1)
+        return self.from_features(features), feature_map
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Encoder features of single samples: (N, C, H, W) -> (N, F)."""
+        return self.encoder(images)
+
+    def from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Per-sample logits (B, S, K) from encoder features (B, S, F): the part after the
+        encoder, so callers that change a few samples re-encode only those (occlusion)."""
+        if self.lstm is not None:
+            features, _ = self.lstm(features)
+        return self.head(features)
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Case logits (B, K) and the encoder's last feature map (B*S, F, h, w) (for CAMs)."""
+        logits, feature_map = self._sample_logits(x)
+        return self.pool(logits), feature_map
 
     def pool(self, sample_logits: torch.Tensor) -> torch.Tensor:
         return sample_logits.mean(1) if self.pooling == "mean" else sample_logits.amax(1)
@@ -98,6 +125,11 @@ class Crop3D(nn.Module):
     def forward(self, x: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
         return self.net(x)  # one logit vector per case; per_sample has no meaning in 3D
 
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Case logits (B, K) and the last dense block's feature map (B, F, z, y, x)."""
+        feature_map = self.net.features(x)
+        return self.net.class_layers(feature_map), feature_map
+
 
 @register_model("mil_efficientnetv2_s")
 def mil_efficientnetv2_s(num_classes: int, in_chans: int = 5, **kwargs) -> SliceMIL:
@@ -118,6 +150,20 @@ def mil_tiny(num_classes: int, in_chans: int = 3, **kwargs) -> SliceMIL:
     kwargs.setdefault("lstm_hidden", 32)
     kwargs.setdefault("lstm_layers", 1)
     return SliceMIL(num_classes, "test_efficientnet", in_chans, **kwargs)
+
+
+@register_model("mil_small")
+def mil_small(num_classes: int, in_chans: int = 3, **kwargs) -> SliceMIL:
+    """The demo model: timm's resnet10t at half width, max-pooled features, BiLSTM(64, 1 layer),
+    case logit = max over samples. Max pooling (over space and over samples) lets a small
+    focal finding decide the case; trained from scratch it learns planted lesions on CPU in
+    minutes, where the tiny test network does not."""
+    kwargs.setdefault("lstm_hidden", 64)
+    kwargs.setdefault("lstm_layers", 1)
+    kwargs.setdefault("global_pool", "max")
+    kwargs.setdefault("pooling", "max")
+    kwargs.setdefault("encoder_args", {"channels": (32, 64, 128, 256), "stem_width": 16})
+    return SliceMIL(num_classes, "resnet10t", in_chans, **kwargs)
 
 
 @register_model("cnn3d_densenet121")

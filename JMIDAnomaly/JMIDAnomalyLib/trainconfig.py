@@ -31,7 +31,13 @@ class TrainConfig:
             with cosine decay (published: lr 2.3e-4).
         loss: ``bce`` or ``focal`` (gamma ``focal_gamma``); ``class_weighting`` weights
             positives by negatives/positives; ``balanced_sampling`` oversamples abnormal cases.
+        sample_loss: the published objective, BCE on every 2.5D sample's logits with the case
+            labels repeated over the samples; default (False) BCE on the pooled case logit,
+            the multiple-instance objective, under which a finding seen in one sample can decide
+            the case (with repeated labels, the samples of a positive case that do not show the
+            finding are trained towards "positive" too, and small focal findings are not learnt).
         amp: mixed precision on CUDA. seed: everything is seeded from it.
+        exclude_cases: case ids left out of training (a held-out test set).
         tensorboard / mlflow: logging (MLflow only when installed).
     """
 
@@ -56,12 +62,14 @@ class TrainConfig:
     class_weighting: bool = False
     balanced_sampling: bool = False
     augment: bool = True
+    sample_loss: bool = False
     amp: bool = True
     seed: int = 0
     device: str = "auto"
     num_workers: int = 0
     tensorboard: bool = True
     mlflow: bool = False
+    exclude_cases: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.organ not in ORGANS:

@@ -239,7 +239,8 @@ class FoldTrainer:
             x, labels, known = x.to(self.device), labels.to(self.device), known.to(self.device)
             with torch.autocast(self.device.type, enabled=self.amp):
                 # Through the (DDP) wrapper so gradients are synchronised across ranks.
-                logits = self.model(x, per_sample=self.layout == "2.5d")
+                per_sample = self.layout == "2.5d" and self.config.sample_loss
+                logits = self.model(x, per_sample=per_sample)
                 loss = self.loss(logits.float(), labels, known)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()

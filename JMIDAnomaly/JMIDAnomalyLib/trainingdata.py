@@ -59,8 +59,10 @@ def load_samples(
     cache = CropCache(config.cache_dir())
     crop_config = config.crop_config()
     by_case: dict[str, list[dict]] = {}
+    excluded = set(config.exclude_cases)
     for row in rows:
-        by_case.setdefault(row["case_id"], []).append(row)
+        if row["case_id"] not in excluded:
+            by_case.setdefault(row["case_id"], []).append(row)
     samples: list[CaseSample] = []
     skipped: list[dict] = []
     for i, (case, case_rows) in enumerate(by_case.items()):

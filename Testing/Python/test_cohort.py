@@ -54,7 +54,7 @@ def test_every_finding_lies_inside_its_organ(cohort):
         organ, side = TOTALSEGMENTATOR_ORGANS[structure]
         organ_values[(organ, side)] = value
     planted = [(r["case_id"], f) for r in truth for f in r["findings"]]
-    assert len(planted) >= 8 and summary["cases_with_findings"] >= CASES // 4
+    assert len(planted) >= 6 and summary["cases_with_findings"] >= CASES // 4
     for case, finding in planted:
         seg = sitk.ReadImage(str(root / "segs" / f"{case}.nii.gz"))
         labels = sitk.GetArrayFromImage(seg)

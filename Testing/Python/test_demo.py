@@ -6,19 +6,44 @@ import json
 import subprocess
 
 import SimpleITK as sitk
+from JMIDAnomalyLib.bundle import load_bundle
 from JMIDAnomalyLib.geometry import Grid
 from JMIDAnomalyLib.mrml import load_scene, segment_names, volume_node_to_image
 
 
 def test_demo_runs_end_to_end_and_reuses_its_cache(jmid_command, tmp_path):
+    """The whole main job at a reduced size: every output exists and is valid."""
     out = tmp_path / "demo"
-    command = [*jmid_command, "demo", "--out", str(out), "--cases", "4", "--seed", "1"]
+    command = [*jmid_command, "demo", "--out", str(out), "--cases", "24", "--seed", "1",
+               "--folds", "2", "--epochs", "1", "--holdout", "1"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "4 reports labelled" in result.stdout and "(0 cases from the cache)" in result.stdout
+    assert "24 reports labelled" in result.stdout and "(0 cases from the cache)" in result.stdout
+    assert "liver ensemble (trained in" in result.stdout and "out-of-fold" in result.stdout
     summary = json.loads((out / "labels" / "summary.json").read_text())
-    assert summary["reports_labelled"] == 4
+    assert summary["reports_labelled"] == 24
     assert (out / "cohort" / "contact_sheet.png").stat().st_size > 0
+    # Training and evaluation.
+    bundle = load_bundle(out / "training" / "liver" / "bundle")
+    assert len(bundle.models) == 2 and bundle.meta["model"] == "mil_small"
+    metrics = json.loads((out / "evaluation" / "liver" / "metrics.json").read_text())
+    assert metrics["organ"] == "liver" and any("auc" in c for c in metrics["classes"])
+    pngs = list((out / "evaluation" / "liver").glob("*.png"))
+    assert pngs and all(p.stat().st_size > 5000 for p in pngs)
+    # Analysis of the held-out case: never trained on, all outputs valid.
+    (analysis,) = (out / "analysis").iterdir()
+    assert analysis.name in bundle.meta["config"]["exclude_cases"]
+    scores = json.loads((analysis / "scores.json").read_text())
+    liver = next(o for o in scores["organs"] if o["organ"] == "liver")
+    assert liver["status"] in ("ok", "partial") and liver["heatmap"]
+    assert (analysis / "overview.png").stat().st_size > 10_000
+    heat = sitk.ReadImage(str(analysis / liver["heatmap"]))
+    expected = sitk.ReadImage(str(out / "cohort" / "images" / f"{analysis.name}.nii.gz"))
+    assert Grid.from_image(heat).difference(Grid.from_image(expected), 1e-3) is None
+    names = segment_names(load_scene(analysis / "scene.mrb").GetFirstNodeByClass(
+        "vtkMRMLSegmentationNode"))  # fmt: skip
+    assert "liver" in names
+    # The planted-findings scene of one case.
     scene = load_scene(out / "scene.mrb")
     segmentation = scene.GetFirstNodeByClass("vtkMRMLSegmentationNode")
     assert {"liver", "spleen", "kidney_left", "kidney_right"} <= set(segment_names(segmentation))
@@ -30,7 +55,8 @@ def test_demo_runs_end_to_end_and_reuses_its_cache(jmid_command, tmp_path):
     expected = sitk.ReadImage(str(out / "cohort" / "images" / f"{case}.nii.gz"))
     assert Grid.from_image(ct).difference(Grid.from_image(expected), 1e-3) is None
     again = subprocess.run(command, capture_output=True, text=True)
-    assert again.returncode == 0 and "(4 cases from the cache)" in again.stdout
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "(24 cases from the cache)" in again.stdout and "liver ensemble (reused)" in again.stdout
 
 
 def test_scene_command_keeps_only_abdominal_organs(jmid_command, reference_data, tmp_path):

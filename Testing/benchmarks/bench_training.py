@@ -38,7 +38,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--work", type=Path, default=Path("bench-training"))
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--model", default="mil_tiny")
+    parser.add_argument("--model", default="mil_small")
     args = parser.parse_args()
     work = args.work
     if not (work / "cohort" / "cohort.json").exists():

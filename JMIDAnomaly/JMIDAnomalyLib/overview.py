@@ -1,0 +1,87 @@
+"""``overview.png``: axial and coronal slices through each analyzed organ, with the organ's
+outline, its heatmap as a colour overlay and its scores.
+
+Slices are shown in the radiological convention (patient's right on the image's left, anterior
+up in axial views, superior up in coronal views) whatever the CT's orientation, with the
+physical aspect ratio.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import atomic_output
+
+
+def _lps(image: sitk.Image) -> tuple[np.ndarray, tuple]:
+    oriented = sitk.DICOMOrient(image, "LPS")  # i: R->L, j: A->P, k: I->S
+    return sitk.GetArrayFromImage(oriented), oriented.GetSpacing()
+
+
+def render_overview(path: str | os.PathLike, ct: sitk.Image, label_map: sitk.Image,
+                    label_names: dict[int, str], results: Sequence,
+                    window: tuple[float, float] = (-160.0, 240.0)) -> None:  # fmt: skip
+    """Write the overview PNG (atomically). ``results`` are :class:`analysis.OrganResult`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .organs import TOTALSEGMENTATOR_ORGANS
+
+    ct_array, spacing = _lps(ct)
+    labels, _ = _lps(label_map)
+    shown = [r for r in results if r.scores]
+    rows = max(len(shown), 1)
+    fig, axes = plt.subplots(rows, 2, figsize=(9, 4.2 * rows), squeeze=False)
+    for ax_row, result in zip(axes, shown, strict=False):
+        values = [v for v, n in label_names.items()
+                  if TOTALSEGMENTATOR_ORGANS.get(n, (n, None)) == (result.organ, result.side)
+                  or (n == result.organ and result.side is None)]  # fmt: skip
+        organ_mask = np.isin(labels, values) if values else np.zeros(labels.shape, bool)
+        heat = None
+        if result.heatmap is not None:
+            heat_image = sitk.GetImageFromArray(result.heatmap)
+            heat_image.CopyInformation(ct)
+            heat, _ = _lps(heat_image)
+            heat = np.clip(heat, 0, None)
+        focus = heat if heat is not None and heat.max() > 0 else organ_mask.astype(float)
+        if focus.max() > 0:
+            k, j, _ = np.unravel_index(int(np.argmax(focus)), focus.shape)
+        else:
+            k, j = labels.shape[0] // 2, labels.shape[1] // 2
+        views = (
+            ("axial", ct_array[k], organ_mask[k], None if heat is None else heat[k],
+             spacing[1] / spacing[0]),
+            ("coronal", ct_array[:, j][::-1], organ_mask[:, j][::-1],
+             None if heat is None else heat[:, j][::-1], spacing[2] / spacing[0]),
+        )  # fmt: skip
+        top = sorted((s for s in result.scores if s.cls != "nofinding"),
+                     key=lambda s: -s.probability)[:3]  # fmt: skip
+        score_text = ", ".join(f"{s.cls} {s.probability:.2f}{'*' if s.flag else ''}" for s in top)
+        for ax, (name, image, mask, overlay, aspect) in zip(ax_row, views, strict=True):
+            ax.imshow(image, cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect)
+            if mask.any():
+                ax.contour(mask.astype(float), levels=[0.5], colors="lime", linewidths=0.6)
+            if overlay is not None and overlay.max() > 0:
+                masked = np.ma.masked_less_equal(overlay, 0.05 * overlay.max())
+                ax.imshow(masked, cmap="hot", alpha=0.55, aspect=aspect,
+                          vmin=0, vmax=float(overlay.max()))  # fmt: skip
+            ax.set_title(f"{result.key} ({name})", fontsize=9)
+            ax.axis("off")
+        explained = f"heatmap: {result.explained_class}" if result.explained_class else ""
+        ax_row[0].text(0.0, -0.06, f"{score_text}   {explained}", transform=ax_row[0].transAxes,
+                       fontsize=8, va="top")  # fmt: skip
+    if not shown:
+        axes[0, 0].text(0.5, 0.5, "no organ could be analyzed", ha="center")
+        for ax in axes[0]:
+            ax.axis("off")
+    fig.suptitle("JMID Anomaly: * = at or above the bundle's threshold", fontsize=9)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+    plt.close(fig)
