@@ -71,11 +71,15 @@ def render_overview(path: str | os.PathLike, ct: sitk.Image, label_map: sitk.Ima
                 masked = np.ma.masked_less_equal(overlay, 0.05 * overlay.max())
                 ax.imshow(masked, cmap="hot", alpha=0.55, aspect=aspect,
                           vmin=0, vmax=float(overlay.max()))  # fmt: skip
-            ax.set_title(f"{result.key} ({name})", fontsize=9)
+            detail = (
+                score_text
+                if name == "axial"
+                else (
+                    f"heatmap: {result.explained_class}" if result.explained_class else "no heatmap"
+                )
+            )
+            ax.set_title(f"{result.key} ({name})\n{detail}", fontsize=8)
             ax.axis("off")
-        explained = f"heatmap: {result.explained_class}" if result.explained_class else ""
-        ax_row[0].text(0.0, -0.06, f"{score_text}   {explained}", transform=ax_row[0].transAxes,
-                       fontsize=8, va="top")  # fmt: skip
     if not shown:
         axes[0, 0].text(0.5, 0.5, "no organ could be analyzed", ha="center")
         for ax in axes[0]:

@@ -55,7 +55,7 @@ class TrainConfig:
     folds: int = 5
     epochs: int = 8
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 3e-4
     weight_decay: float = 1e-2
     loss: str = "bce"
     focal_gamma: float = 2.0

@@ -37,8 +37,9 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--work", type=Path, default=Path("bench-training"))
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--model", default="mil_small")
+    parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
     args = parser.parse_args()
     work = args.work
     if not (work / "cohort" / "cohort.json").exists():
@@ -57,6 +58,7 @@ def main() -> int:
         batch_size=8,
         lr=args.lr,
         model=args.model,
+        augment=not args.no_augment,
         tensorboard=False,
     )
     t = time.perf_counter()
