@@ -39,7 +39,7 @@ Progress = Callable[[float, str], None]
 
 @dataclass
 class DemoSettings:
-    """Sizes of the demo run (the defaults finish in about 5 minutes on 2 CPU cores)."""
+    """Sizes of the demo run (the defaults finish in about 7 minutes on 2 CPU cores)."""
 
     cases: int = 200
     seed: int = 0

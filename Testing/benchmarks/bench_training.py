@@ -40,6 +40,7 @@ def main() -> int:
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--model", default="mil_small")
     parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    parser.add_argument("--class-weighting", action="store_true", help="weight positives")
     args = parser.parse_args()
     work = args.work
     if not (work / "cohort" / "cohort.json").exists():
@@ -59,6 +60,7 @@ def main() -> int:
         lr=args.lr,
         model=args.model,
         augment=not args.no_augment,
+        class_weighting=args.class_weighting,
         tensorboard=False,
     )
     t = time.perf_counter()
