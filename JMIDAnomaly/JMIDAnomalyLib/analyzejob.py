@@ -94,7 +94,6 @@ def write_results(folder: Path, ct: sitk.Image, analysis: CaseAnalysis,
         json.dumps({str(k): v for k, v in analysis.label_names.items()}, indent=1),
         encoding="utf-8",
     )
-    heatmaps: dict[str, sitk.Image] = {}
     organs = []
     for result in analysis.organs:
         entry = result.to_dict()
@@ -104,7 +103,6 @@ def write_results(folder: Path, ct: sitk.Image, analysis: CaseAnalysis,
             image.CopyInformation(ct)
             name = f"heatmap_{result.key}.nii.gz"
             write_image(image, folder / name)
-            heatmaps[f"heatmap {result.key}"] = image
             entry["heatmap"] = name
         organs.append(entry)
     scores = {
@@ -126,8 +124,8 @@ def write_results(folder: Path, ct: sitk.Image, analysis: CaseAnalysis,
         from slicer import vtkMRMLScene
 
         from .mrml import save_scene
-        from .scenes import add_case_to_scene
+        from .scenes import add_analysis_to_scene
 
         mrml_scene = vtkMRMLScene()
-        add_case_to_scene(mrml_scene, ct, analysis.label_map, analysis.label_names, heatmaps)
+        add_analysis_to_scene(mrml_scene, ct, analysis)
         save_scene(mrml_scene, folder / "scene.mrb")

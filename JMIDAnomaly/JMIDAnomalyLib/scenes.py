@@ -17,6 +17,7 @@ class CaseNodes:
     volume: object
     segmentation: object | None = None
     heatmaps: dict[str, object] = field(default_factory=dict)
+    scores: object | None = None
 
 
 def add_case_to_scene(
@@ -80,3 +81,49 @@ def import_segmentation_for_volume(
         name or f"{volume_node.GetName()} organs",
         volume_node,
     )
+
+
+SCORE_COLUMNS = ("organ", "side", "class", "probability", "threshold", "flag", "spread")
+
+
+def add_analysis_to_scene(scene, ct: sitk.Image, analysis, name: str = "CT") -> CaseNodes:
+    """Add an analysis (:class:`analysis.CaseAnalysis`) of ``ct`` to ``scene``: the CT, the
+    organ segmentation, one heatmap overlay per explained organ (``heatmap <organ>[_<side>]``)
+    and a table node of the scores (``<name> scores``: organ, side, class, probability,
+    threshold, flag, spread; one row per organ, side and class)."""
+    heatmaps = {}
+    for organ in analysis.organs:
+        if organ.heatmap is not None:
+            image = sitk.GetImageFromArray(organ.heatmap)
+            image.CopyInformation(ct)
+            heatmaps[f"heatmap {organ.key}"] = image
+    nodes = add_case_to_scene(scene, ct, analysis.label_map, analysis.label_names, heatmaps, name)
+    nodes.scores = scores_table_node(scene, analysis.organs, f"{name} scores")
+    return nodes
+
+
+def scores_table_node(scene, organs, name: str):
+    """A vtkMRMLTableNode with one row per organ, side and class (numbers as numbers)."""
+    import vtk
+
+    node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
+    table = node.GetTable()
+    columns = {}
+    for column in SCORE_COLUMNS:
+        array = vtk.vtkStringArray() if column in ("organ", "side", "class") else (
+            vtk.vtkIntArray() if column == "flag" else vtk.vtkDoubleArray()
+        )  # fmt: skip
+        array.SetName(column)
+        table.AddColumn(array)
+        columns[column] = array
+    for organ in organs:
+        for score in organ.scores:
+            columns["organ"].InsertNextValue(organ.organ)
+            columns["side"].InsertNextValue(organ.side or "")
+            columns["class"].InsertNextValue(score.cls)
+            columns["probability"].InsertNextValue(score.probability)
+            columns["threshold"].InsertNextValue(score.threshold)
+            columns["flag"].InsertNextValue(int(score.flag))
+            columns["spread"].InsertNextValue(score.spread)
+    node.Modified()
+    return node

@@ -23,8 +23,9 @@ from JMIDAnomalyLib.findings import Planter
 from JMIDAnomalyLib.geometry import Grid, centroid_lps, resample_to_grid
 from JMIDAnomalyLib.imageio import read_image, write_image
 from JMIDAnomalyLib.labelmaps import select_organs
-from JMIDAnomalyLib.mrml import load_scene
+from JMIDAnomalyLib.mrml import HEATMAP_COLOR_NODE_ID, load_scene, volume_node_to_image
 from JMIDAnomalyLib.organs import ORGAN_CLASSES
+from JMIDAnomalyLib.scenes import SCORE_COLUMNS
 from JMIDAnomalyLib.trainconfig import TrainConfig
 from JMIDAnomalyLib.trainjob import train
 from test_geometry import ORIENTATIONS
@@ -194,7 +195,26 @@ def test_results_folder_scene_and_hirescam(predictor, example_ct, organs_seg, tm
     assert (out / "overview.png").stat().st_size > 10_000
     scene = load_scene(out / "scene.mrb")
     names_in_scene = {scene.GetNthNode(i).GetName() for i in range(scene.GetNumberOfNodes())}
-    assert {"CT", "CT organs", "heatmap liver"} <= names_in_scene
+    assert {"CT", "CT organs", "heatmap liver", "CT scores"} <= names_in_scene
+    # The heatmap overlay: on the CT's geometry, PET-Heat colours, zero thresholded away.
+    heat_node = scene.GetFirstNodeByName("heatmap liver")
+    ct_node = scene.GetFirstNodeByName("CT")
+    assert Grid.from_image(volume_node_to_image(heat_node)).difference(
+        Grid.from_image(volume_node_to_image(ct_node))) is None  # fmt: skip
+    display = heat_node.GetDisplayNode()
+    assert display.GetColorNodeID() == HEATMAP_COLOR_NODE_ID and display.GetApplyThreshold()
+    assert 0 < display.GetLowerThreshold() < heat.max()
+    # The scores table: one row per class, numbers as in scores.json.
+    table = scene.GetFirstNodeByName("CT scores").GetTable()
+    columns = [table.GetColumn(i).GetName() for i in range(table.GetNumberOfColumns())]
+    assert columns == list(SCORE_COLUMNS)
+    rows = {table.GetValueByName(r, "class").ToString(): r for r in range(table.GetNumberOfRows())}
+    assert set(rows) == set(ORGAN_CLASSES["liver"])
+    for entry in liver["scores"]:
+        r = rows[entry["class"]]
+        assert table.GetValueByName(r, "organ").ToString() == "liver"
+        assert abs(table.GetValueByName(r, "probability").ToDouble() - entry["probability"]) < 1e-4
+        assert table.GetValueByName(r, "flag").ToInt() == int(entry["flag"])
 
 
 def test_bad_inputs_get_clear_messages(bundle, predictor, example_ct, organs_seg, reference_data,
