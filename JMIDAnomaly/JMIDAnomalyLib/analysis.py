@@ -11,6 +11,7 @@ orientation.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -26,7 +27,7 @@ from . import explain as explainers
 from .bundle import Bundle, load_bundle
 from .crops import STATUS_OK, STATUS_PARTIAL, crop_organs
 from .errors import InputError
-from .geometry import map_to_source
+from .geometry import Grid, map_to_source
 from .organs import ORGANS
 from .segmentation import pick_device
 
@@ -76,6 +77,12 @@ class OrganResult:
     def flagged(self) -> list[str]:
         return [s.cls for s in self.scores if s.flag and s.cls not in NORMAL_CLASSES]
 
+    @property
+    def abnormal(self) -> list[ClassScore]:
+        """The abnormal classes' scores, highest probability first."""
+        scores = [s for s in self.scores if s.cls not in NORMAL_CLASSES]
+        return sorted(scores, key=lambda s: -s.probability)
+
     def to_dict(self) -> dict:
         return {"organ": self.organ, "side": self.side, "status": self.status,
                 "message": self.message, "volume_ml": round(self.volume_ml, 2),
@@ -90,6 +97,12 @@ class CaseAnalysis:
     label_names: dict[int, str]
     explain: str
     seconds: float = 0.0
+
+    def heatmap_images(self) -> dict[str, sitk.Image]:
+        """Organ key -> heatmap as an image on the CT's grid (explained organs only)."""
+        grid = Grid.from_image(self.label_map)
+        return {o.key: grid.image_from_array(o.heatmap) for o in self.organs
+                if o.heatmap is not None}  # fmt: skip
 
     def to_dict(self) -> dict:
         return {"explain": self.explain, "seconds": round(self.seconds, 2),
@@ -168,20 +181,28 @@ class AnomalyPredictor:
             have = ", ".join(self.organs)
             raise InputError("bundle", f"no model for {', '.join(missing)} (models for: {have})")
         start = time.perf_counter()
+        # One cropping pass over the label map per distinct crop configuration.
+        groups: dict[str, list[str]] = {}
+        for organ in organs:
+            key = json.dumps(self.bundles[organ].meta["preprocessing"], sort_keys=True)
+            groups.setdefault(key, []).append(organ)
+        crops = [crop for group in groups.values()
+                 for crop in crop_organs(ct, label_map, label_names, tuple(group),
+                                         self.bundles[group[0]].crop_config)]  # fmt: skip
+        crops.sort(key=lambda c: organs.index(c.organ))  # stable: sides keep their order
         results: list[OrganResult] = []
-        for n, organ in enumerate(organs):
-            bundle = self.bundles[organ]
+        for n, crop in enumerate(crops):
+            bundle = self.bundles[crop.organ]
             if progress:
-                progress(n / len(organs), f"analyzing the {organ}")
-            for crop in crop_organs(ct, label_map, label_names, (organ,), bundle.crop_config):
-                result = OrganResult(crop.organ, crop.side, crop.status, crop.message,
-                                     crop.volume_ml)  # fmt: skip
-                results.append(result)
-                if crop.status not in (STATUS_OK, STATUS_PARTIAL):
-                    continue
-                self._score(bundle, crop, result)
-                if explain != "none":
-                    self._explain(bundle, crop, result, explain, explain_class)
+                progress(n / len(crops), f"analyzing the {crop.key}")
+            result = OrganResult(crop.organ, crop.side, crop.status, crop.message,
+                                 crop.volume_ml)  # fmt: skip
+            results.append(result)
+            if crop.status not in (STATUS_OK, STATUS_PARTIAL):
+                continue
+            self._score(bundle, crop, result)
+            if explain != "none":
+                self._explain(bundle, crop, result, explain, explain_class)
         if progress:
             progress(1.0, "analysis done")
         return CaseAnalysis(results, label_map, dict(label_names), explain,
@@ -201,10 +222,9 @@ class AnomalyPredictor:
 
     def _explain(self, bundle: Bundle, crop, result: OrganResult, method: str,
                  explain_class: str | None) -> None:  # fmt: skip
-        abnormal = [s for s in result.scores if s.cls not in NORMAL_CLASSES]
         if explain_class is not None and explain_class not in bundle.classes:
             raise InputError("explain class", f"'{explain_class}' is not a {bundle.organ} class")
-        cls = explain_class or max(abnormal, key=lambda s: s.probability).cls
+        cls = explain_class or result.abnormal[0].cls
         k = bundle.classes.index(cls)
         config = bundle.crop_config
         if method == "occlusion":

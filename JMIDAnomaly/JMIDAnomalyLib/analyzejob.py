@@ -33,7 +33,7 @@ from .analysis import AnomalyPredictor, CaseAnalysis
 from .cropjob import default_label_table
 from .errors import InputError, atomic_output
 from .imageio import read_ct, read_label_map, write_image
-from .labelmaps import read_label_names
+from .labelmaps import read_label_names, write_label_names
 
 SCORES_FORMAT = 1
 
@@ -90,20 +90,15 @@ def write_results(folder: Path, ct: sitk.Image, analysis: CaseAnalysis,
     from .overview import render_overview
 
     write_image(analysis.label_map, folder / "seg.nii.gz")
-    (folder / "seg.json").write_text(
-        json.dumps({str(k): v for k, v in analysis.label_names.items()}, indent=1),
-        encoding="utf-8",
-    )
+    write_label_names(analysis.label_names, folder / "seg.json")
+    heatmaps = analysis.heatmap_images()
     organs = []
     for result in analysis.organs:
         entry = result.to_dict()
         entry["heatmap"] = None
-        if result.heatmap is not None:
-            image = sitk.GetImageFromArray(result.heatmap)
-            image.CopyInformation(ct)
-            name = f"heatmap_{result.key}.nii.gz"
-            write_image(image, folder / name)
-            entry["heatmap"] = name
+        if result.key in heatmaps:
+            entry["heatmap"] = f"heatmap_{result.key}.nii.gz"
+            write_image(heatmaps[result.key], folder / entry["heatmap"])
         organs.append(entry)
     scores = {
         "format": SCORES_FORMAT,

@@ -181,11 +181,9 @@ def _add_segment(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_segment(args: argparse.Namespace) -> int:
-    import json
-
     from .cropjob import default_label_table
-    from .errors import atomic_output
     from .imageio import read_ct, write_image
+    from .labelmaps import write_label_names
     from .progress import console_progress
     from .segmentation import OrganSegmenter
 
@@ -197,8 +195,7 @@ def _run_segment(args: argparse.Namespace) -> int:
     labels = segmenter.segment(read_ct(args.ct), progress=console_progress("segment"))
     write_image(labels, args.out)
     table = default_label_table(args.out)
-    with atomic_output(table) as tmp:
-        tmp.write_text(json.dumps({str(k): v for k, v in segmenter.label_names.items()}, indent=1))
+    write_label_names(segmenter.label_names, table)
     print(f"label map written to {args.out} (label table {table.name})")
     return 0
 

@@ -106,7 +106,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
             print(f"  {organ.key:18s} {organ.status}: {organ.message}")
             continue
         flagged = ", ".join(organ.flagged) or "no finding above threshold"
-        top = max((s for s in organ.scores if s.cls != "nofinding"), key=lambda s: s.probability)
+        top = organ.abnormal[0]
         print(f"  {organ.key:18s} {flagged:40s} (top {top.cls} {top.probability:.2f})")
     print(f"scores.json, heatmaps, overview.png and scene.mrb written to {args.out}")
     return 0

@@ -212,7 +212,7 @@ def _analyze_held_out(out: Path, truth: list[dict], held_out: list[str], bundles
                       progress: Progress) -> list[dict]:  # fmt: skip
     from .analysis import AnomalyPredictor
     from .analyzejob import analyze_case
-    from .geometry import Grid, centroid_lps
+    from .geometry import Grid, hot_spot_lps
 
     if not held_out:
         return []
@@ -236,10 +236,8 @@ def _analyze_held_out(out: Path, truth: list[dict], held_out: list[str], bundles
             planted = [f for f in by_case[case]["findings"]
                        if f["organ"] == organ.organ and (f["side"] or None) == organ.side
                        and f["size_mm"] > 0]  # fmt: skip
-            if organ.heatmap is not None and planted and organ.heatmap.max() > 0:
-                heat = organ.heatmap
-                top = heat >= np.quantile(heat[heat > 0], 0.95)
-                centre = centroid_lps(top, grid)
+            centre = None if organ.heatmap is None else hot_spot_lps(organ.heatmap, grid)
+            if planted and centre is not None:
                 f = planted[0]
                 distance = float(np.linalg.norm(centre - np.array(f["centre_lps"])))
                 text += (f"; planted {f['cls']} {f['size_mm']:.0f} mm, heatmap "

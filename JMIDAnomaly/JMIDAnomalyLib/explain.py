@@ -126,10 +126,8 @@ def _occlude(models, base, fill, reference, class_index, layout, samples, slices
     incremental = incremental and all(hasattr(m, "from_features") for m in models)
     if incremental:
         index = sample_indices(base.shape[0], samples, slices)
+        stacks = model_batch(base[None], layout, samples, slices)[0]
         with torch.no_grad(), _autocast(device, amp):
-            stacks = base[torch.as_tensor(index.reshape(-1), device=device)].reshape(
-                samples, slices, *base.shape[1:]
-            )
             cached = [m.encode(stacks).float() for m in models]
     for start in range(0, len(boxes), batch_size):
         chunk = boxes[start : start + batch_size]

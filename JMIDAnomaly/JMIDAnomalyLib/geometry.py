@@ -338,3 +338,13 @@ def centroid_lps(mask_zyx: np.ndarray, grid: Grid, weights: bool = False) -> np.
     kji = np.indices(values.shape).reshape(3, -1)
     mean_kji = (kji * values.reshape(1, -1)).sum(axis=1) / total
     return grid.index_to_physical(mean_kji[::-1])[0]
+
+
+def hot_spot_lps(values_zyx: np.ndarray, grid: Grid, fraction: float = 0.05) -> np.ndarray | None:
+    """Physical (LPS) centroid of the top ``fraction`` of a map's positive voxels (where a
+    heatmap points); None when the map has no positive value."""
+    values = np.asarray(values_zyx)
+    positive = values[values > 0]
+    if positive.size == 0:
+        return None
+    return centroid_lps(values >= np.quantile(positive, 1.0 - fraction), grid)

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import InputError
+from .errors import InputError, atomic_output
 from .organs import ORGANS, TOTALSEGMENTATOR_ORGANS
 
 
@@ -42,6 +42,12 @@ def read_label_names(path: str | os.PathLike) -> dict[int, str]:
     if isinstance(data, dict) and all(str(k).isdigit() for k in data):
         return {int(k): str(v) for k, v in data.items() if int(k) != 0}
     raise InputError(path, 'expected {"1": "liver", ...} or an nnU-Net dataset.json with "labels"')
+
+
+def write_label_names(names: Mapping[int, str], path: str | os.PathLike) -> None:
+    """Write a label table ``{"1": "liver", ...}`` (what :func:`read_label_names` reads)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps({str(k): v for k, v in names.items()}, indent=1), "utf-8")
 
 
 def select_organs(

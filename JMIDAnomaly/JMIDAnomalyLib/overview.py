@@ -31,23 +31,22 @@ def render_overview(path: str | os.PathLike, ct: sitk.Image, label_map: sitk.Ima
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .organs import TOTALSEGMENTATOR_ORGANS
+    from .crops import organ_targets
+    from .geometry import Grid
 
     ct_array, spacing = _lps(ct)
     labels, _ = _lps(label_map)
+    grid = Grid.from_image(ct)
     shown = [r for r in results if r.scores]
+    values_of = {(t.organ, t.side): t.labels
+                 for t in organ_targets(label_names, tuple({r.organ for r in shown}))}  # fmt: skip
     rows = max(len(shown), 1)
     fig, axes = plt.subplots(rows, 2, figsize=(9, 4.2 * rows), squeeze=False)
     for ax_row, result in zip(axes, shown, strict=False):
-        values = [v for v, n in label_names.items()
-                  if TOTALSEGMENTATOR_ORGANS.get(n, (n, None)) == (result.organ, result.side)
-                  or (n == result.organ and result.side is None)]  # fmt: skip
-        organ_mask = np.isin(labels, values) if values else np.zeros(labels.shape, bool)
+        organ_mask = np.isin(labels, values_of.get((result.organ, result.side), ()))
         heat = None
         if result.heatmap is not None:
-            heat_image = sitk.GetImageFromArray(result.heatmap)
-            heat_image.CopyInformation(ct)
-            heat, _ = _lps(heat_image)
+            heat, _ = _lps(grid.image_from_array(result.heatmap))
             heat = np.clip(heat, 0, None)
         focus = heat if heat is not None and heat.max() > 0 else organ_mask.astype(float)
         if focus.max() > 0:
@@ -60,8 +59,7 @@ def render_overview(path: str | os.PathLike, ct: sitk.Image, label_map: sitk.Ima
             ("coronal", ct_array[:, j][::-1], organ_mask[:, j][::-1],
              None if heat is None else heat[:, j][::-1], spacing[2] / spacing[0]),
         )  # fmt: skip
-        top = sorted((s for s in result.scores if s.cls != "nofinding"),
-                     key=lambda s: -s.probability)[:3]  # fmt: skip
+        top = result.abnormal[:3]
         score_text = ", ".join(f"{s.cls} {s.probability:.2f}{'*' if s.flag else ''}" for s in top)
         for ax, (name, image, mask, overlay, aspect) in zip(ax_row, views, strict=True):
             ax.imshow(image, cmap="gray", vmin=window[0], vmax=window[1], aspect=aspect)

@@ -91,12 +91,7 @@ def add_analysis_to_scene(scene, ct: sitk.Image, analysis, name: str = "CT") -> 
     organ segmentation, one heatmap overlay per explained organ (``heatmap <organ>[_<side>]``)
     and a table node of the scores (``<name> scores``: organ, side, class, probability,
     threshold, flag, spread; one row per organ, side and class)."""
-    heatmaps = {}
-    for organ in analysis.organs:
-        if organ.heatmap is not None:
-            image = sitk.GetImageFromArray(organ.heatmap)
-            image.CopyInformation(ct)
-            heatmaps[f"heatmap {organ.key}"] = image
+    heatmaps = {f"heatmap {key}": image for key, image in analysis.heatmap_images().items()}
     nodes = add_case_to_scene(scene, ct, analysis.label_map, analysis.label_names, heatmaps, name)
     nodes.scores = scores_table_node(scene, analysis.organs, f"{name} scores")
     return nodes

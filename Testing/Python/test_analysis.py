@@ -20,7 +20,7 @@ from JMIDAnomalyLib.analysis import AnomalyPredictor
 from JMIDAnomalyLib.analyzejob import analyze_case
 from JMIDAnomalyLib.errors import InputError
 from JMIDAnomalyLib.findings import Planter
-from JMIDAnomalyLib.geometry import Grid, centroid_lps, resample_to_grid
+from JMIDAnomalyLib.geometry import Grid, hot_spot_lps, resample_to_grid
 from JMIDAnomalyLib.imageio import read_image, write_image
 from JMIDAnomalyLib.labelmaps import select_organs
 from JMIDAnomalyLib.mrml import HEATMAP_COLOR_NODE_ID, load_scene, volume_node_to_image
@@ -120,9 +120,7 @@ def analyze_in(orientation, predictor, image, seg, names, folder: Path):
 
 
 def hot_centre(heat: sitk.Image) -> np.ndarray:
-    values = sitk.GetArrayFromImage(heat)
-    top = values >= np.quantile(values[values > 0], 0.95)
-    return centroid_lps(top, Grid.from_image(heat))
+    return hot_spot_lps(sitk.GetArrayFromImage(heat), Grid.from_image(heat))
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from JMIDAnomalyLib.analysis import default_occlusion_window  # noqa: E402
 from JMIDAnomalyLib.bundle import load_bundle  # noqa: E402
 from JMIDAnomalyLib.crops import crop_organs  # noqa: E402
 from JMIDAnomalyLib.explain import model_batch, occlusion  # noqa: E402
-from JMIDAnomalyLib.geometry import centroid_lps  # noqa: E402
+from JMIDAnomalyLib.geometry import hot_spot_lps  # noqa: E402
 from JMIDAnomalyLib.imageio import read_ct, read_label_map  # noqa: E402
 from JMIDAnomalyLib.labelmaps import read_label_names  # noqa: E402
 
@@ -44,11 +44,8 @@ class VolumeModel(torch.nn.Module):
 
 
 def localization_mm(heat: np.ndarray, crop, centre: np.ndarray) -> float:
-    positive = np.clip(heat, 0, None)
-    if positive.max() <= 0:
-        return float("nan")
-    top = positive >= np.quantile(positive[positive > 0], 0.95)
-    return float(np.linalg.norm(centroid_lps(top, crop.record.crop) - centre))
+    hot = hot_spot_lps(heat, crop.record.crop)
+    return float("nan") if hot is None else float(np.linalg.norm(hot - centre))
 
 
 def main() -> int:
