@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -36,6 +38,115 @@ from .imageio import read_ct, read_label_map, write_image
 from .labelmaps import read_label_names, write_label_names
 
 SCORES_FORMAT = 1
+EXPLAIN_METHODS = ("occlusion", "hirescam", "none")
+
+
+@dataclass
+class AnalyzeConfig:
+    """One analysis job: what ``jmid analyze``, the Slicer module and the worker all run.
+
+    Attributes:
+        ct: CT file or DICOM folder. out: results folder (written whole or not at all).
+        bundles: model bundles (folders, zips, or folders of bundles), one per organ.
+        seg / seg_labels: an organ label map on the CT's grid and its label table (default
+            the file beside it with ``.json``); or seg_model: an nnU-Net v2 model folder.
+        explain: ``occlusion``, ``hirescam`` or ``none``; explain_class: the class to explain
+            (default: each organ's highest-scoring abnormal class).
+        organs: organs to analyze (default: every bundle's). device: ``auto``, ``cuda``,
+            ``mps`` or ``cpu``. scene: also write ``scene.mrb``.
+    """
+
+    ct: str
+    out: str
+    bundles: list[str]
+    seg: str = ""
+    seg_labels: str = ""
+    seg_model: str = ""
+    explain: str = "occlusion"
+    explain_class: str = ""
+    organs: list[str] = field(default_factory=list)
+    device: str = "auto"
+    scene: bool = True
+
+    def __post_init__(self) -> None:
+        self.bundles = [str(b) for b in self.bundles]
+        self.organs = [str(o) for o in self.organs]
+        if not self.bundles:
+            raise InputError("bundle", "no model bundle given")
+        if bool(self.seg) == bool(self.seg_model):
+            raise InputError("segmentation", "give either a segmentation or a segmentation model")
+        if self.explain not in EXPLAIN_METHODS:
+            raise InputError("explain", f"unknown method {self.explain!r}; use {EXPLAIN_METHODS}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "analysis request") -> AnalyzeConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InputError(source, f"unknown analysis settings: {', '.join(unknown)}")
+        missing = sorted(k for k in ("ct", "out", "bundles") if k not in data)
+        if missing:
+            raise InputError(source, f"missing analysis settings: {', '.join(missing)}")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class AnalysisRunner:
+    """Runs :class:`AnalyzeConfig` jobs, keeping predictors and segmenters loaded between them
+    (keyed by bundle paths and device, and by model folder and device)."""
+
+    def __init__(self) -> None:
+        self._predictors: dict[tuple, AnomalyPredictor] = {}
+        self._segmenters: dict[tuple, object] = {}
+
+    @property
+    def loaded(self) -> int:
+        """How many predictors and segmenters are loaded."""
+        return len(self._predictors) + len(self._segmenters)
+
+    def run(self, config: AnalyzeConfig,
+            progress: Callable[[float, str], None] | None = None) -> AnalysisRun:  # fmt: skip
+        """Analyze one CT into ``config.out``."""
+        start = time.perf_counter()
+        key = (tuple(str(Path(b).resolve()) for b in config.bundles), config.device)
+        reused = key in self._predictors
+        if not reused:
+            if progress:
+                progress(0.0, "loading the model bundles")
+            self._predictors[key] = AnomalyPredictor(config.bundles, config.device)
+        segmenter = None
+        if config.seg_model:
+            seg_key = (str(Path(config.seg_model).resolve()), config.device)
+            if seg_key not in self._segmenters:
+                from .segmentation import OrganSegmenter
+
+                reused = False
+                self._segmenters[seg_key] = OrganSegmenter(config.seg_model, device=config.device)
+            segmenter = self._segmenters[seg_key]
+        analysis = analyze_case(
+            config.ct, self._predictors[key], config.out, config.seg or None,
+            config.seg_labels or None, segmenter, config.explain, tuple(config.organs) or None,
+            config.scene, progress, config.explain_class or None,
+        )  # fmt: skip
+        return AnalysisRun(analysis, config.out, time.perf_counter() - start, reused)
+
+
+@dataclass
+class AnalysisRun:
+    """What :meth:`AnalysisRunner.run` did: the analysis, where it went, how long it took and
+    whether the models were already loaded."""
+
+    analysis: CaseAnalysis
+    out: str
+    seconds: float
+    models_reused: bool
+
+    def to_dict(self) -> dict:
+        return {"out": str(self.out), "seconds": round(self.seconds, 3),
+                "models_reused": self.models_reused,
+                "organs": [o.to_dict() for o in self.analysis.organs]}  # fmt: skip
 
 
 def analyze_case(
@@ -49,6 +160,7 @@ def analyze_case(
     organs: tuple[str, ...] | None = None,
     scene: bool = True,
     progress: Callable[[float, str], None] | None = None,
+    explain_class: str | None = None,
 ) -> CaseAnalysis:
     """Analyze one CT and write the results folder ``out``.
 
@@ -75,7 +187,7 @@ def analyze_case(
         if progress:
             progress(0.9 * fraction, message)
 
-    analysis = predictor.analyze(ct, label_map, names, organs, explain, progress=step)
+    analysis = predictor.analyze(ct, label_map, names, organs, explain, explain_class, step)
     with atomic_output(out, is_dir=True) as tmp:
         write_results(tmp, ct, analysis, predictor, Path(ct_path).name, source, scene)
     if progress:

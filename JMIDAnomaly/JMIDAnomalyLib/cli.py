@@ -131,16 +131,14 @@ def _add_labels(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_labels(args: argparse.Namespace) -> int:
-    from .labels.labeling import LabelOptions, label_reports
     from .progress import console_progress
+    from .trainerlogic import TrainerLogic
 
-    options = LabelOptions(
-        uncertain=args.uncertain,
-        unmentioned=args.unmentioned,
-        taxonomy=str(args.taxonomy) if args.taxonomy else None,
-        crosscheck=not args.no_crosscheck,
-    )
-    summary = label_reports(args.reports, args.out, options, progress=console_progress("labels"))
+    summary = TrainerLogic().import_labels(
+        args.reports, args.out, args.uncertain, args.unmentioned,
+        str(args.taxonomy) if args.taxonomy else None, not args.no_crosscheck,
+        progress=console_progress("labels"),
+    )  # fmt: skip
     print(f"reports read {summary['reports_read']}, labelled {summary['reports_labelled']}, "
           f"skipped {len(summary['rows_skipped'])}")  # fmt: skip
     for organ, counts in summary["counts"].items():

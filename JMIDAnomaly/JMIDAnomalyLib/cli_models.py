@@ -19,10 +19,9 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from .progress import console_progress
-    from .trainconfig import TrainConfig
-    from .trainjob import train
+    from .trainerlogic import TrainerLogic
 
-    bundle = train(TrainConfig.load(args.config), args.resume, progress=console_progress("train"))
+    bundle = TrainerLogic().train(args.config, args.resume, progress=console_progress("train"))
     print(f"model bundle written to {bundle} (and {bundle.with_suffix('.zip').name})")
     return 0
 
@@ -37,15 +36,12 @@ def _add_evaluate(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_bundle, evaluate_oof
+    from .trainerlogic import TrainerLogic
 
-    if args.oof:
-        summary = evaluate_oof(args.bundle, args.oof, args.out)
-    elif args.labels and args.data:
-        crops = args.crops or args.out / "crop_cache"
-        summary = evaluate_bundle(args.bundle, args.labels, args.data, crops, args.out)
-    else:
+    if not args.oof and not (args.labels and args.data):
         raise JMIDError("give --oof FILE, or --labels DIR and --data DIR for a held-out set")
+    summary = TrainerLogic().evaluate(args.bundle, args.out, args.oof, args.labels, args.data,
+                                      args.crops)  # fmt: skip
     print(f"{summary['organ']}: {summary['cases']} cases")
     for c in summary["classes"]:
         auc = (
@@ -86,21 +82,17 @@ def _add_analyze(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
-    from .analysis import AnomalyPredictor
-    from .analyzejob import analyze_case
+    from .analyzejob import AnalysisRunner, AnalyzeConfig
     from .progress import console_progress
 
-    predictor = AnomalyPredictor(args.bundle, args.device)
-    segmenter = None
-    if args.seg_model:
-        from .segmentation import OrganSegmenter
-
-        segmenter = OrganSegmenter(args.seg_model, device=args.device)
-    organs = tuple(o.strip() for o in args.organs.split(",")) if args.organs else None
-    analysis = analyze_case(
-        args.ct, predictor, args.out, args.seg, args.seg_labels, segmenter, args.explain,
-        organs, not args.no_scene, console_progress("analyze"),
+    config = AnalyzeConfig(
+        ct=str(args.ct), out=str(args.out), bundles=[str(b) for b in args.bundle],
+        seg=str(args.seg or ""), seg_labels=str(args.seg_labels or ""),
+        seg_model=str(args.seg_model or ""), explain=args.explain,
+        organs=[o.strip() for o in args.organs.split(",")] if args.organs else [],
+        device=args.device, scene=not args.no_scene,
     )  # fmt: skip
+    analysis = AnalysisRunner().run(config, console_progress("analyze")).analysis
     for organ in analysis.organs:
         if not organ.scores:
             print(f"  {organ.key:18s} {organ.status}: {organ.message}")

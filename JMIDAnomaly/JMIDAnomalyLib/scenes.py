@@ -18,6 +18,7 @@ class CaseNodes:
     segmentation: object | None = None
     heatmaps: dict[str, object] = field(default_factory=dict)
     scores: object | None = None
+    report: object | None = None
 
 
 def add_case_to_scene(
@@ -87,18 +88,54 @@ SCORE_COLUMNS = ("organ", "side", "class", "probability", "threshold", "flag", "
 
 
 def add_analysis_to_scene(scene, ct: sitk.Image, analysis, name: str = "CT") -> CaseNodes:
-    """Add an analysis (:class:`analysis.CaseAnalysis`) of ``ct`` to ``scene``: the CT, the
-    organ segmentation, one heatmap overlay per explained organ (``heatmap <organ>[_<side>]``)
-    and a table node of the scores (``<name> scores``: organ, side, class, probability,
-    threshold, flag, spread; one row per organ, side and class)."""
-    heatmaps = {f"heatmap {key}": image for key, image in analysis.heatmap_images().items()}
-    nodes = add_case_to_scene(scene, ct, analysis.label_map, analysis.label_names, heatmaps, name)
-    nodes.scores = scores_table_node(scene, analysis.organs, f"{name} scores")
+    """Add an analysis (:class:`analysis.CaseAnalysis`) of ``ct`` to ``scene``: the CT and what
+    :func:`add_results_to_scene` adds."""
+    volume = mrml.image_to_volume_node(ct, scene, name)
+    return add_results_to_scene(
+        scene, volume, analysis.heatmap_images(), [o.to_dict() for o in analysis.organs],
+        analysis.label_map, analysis.label_names,
+    )  # fmt: skip
+
+
+def add_results_to_scene(
+    scene,
+    volume_node,
+    heatmaps: Mapping[str, sitk.Image],
+    organs: list[dict],
+    label_map: sitk.Image | None = None,
+    label_names: Mapping[int, str] | None = None,
+    segmentation_node=None,
+    report_text: str = "",
+) -> CaseNodes:
+    """The results of one analysis of ``volume_node`` as nodes (``<CT>`` = its name).
+
+    Creates ``<CT> organs`` from ``label_map`` (unless ``segmentation_node`` is given), one
+    ``<CT> heatmap <organ>[_<side>]`` colour-map overlay per heatmap, the ``<CT> scores`` table
+    (organ, side, class, probability, threshold, flag, spread: one row per organ, side and
+    class; ``organs`` are ``scores.json`` organ entries) and, with a report, the
+    ``<CT> report`` text node.
+    """
+    name = volume_node.GetName()
+    nodes = CaseNodes(volume_node, segmentation_node)
+    if segmentation_node is None and label_map is not None:
+        nodes.segmentation = mrml.label_map_to_segmentation_node(
+            label_map, label_names or {}, scene, f"{name} organs", volume_node
+        )
+    for key, heatmap in heatmaps.items():
+        nodes.heatmaps[key] = mrml.float_map_to_overlay_node(
+            heatmap, scene, f"{name} heatmap {key}"
+        )
+    nodes.scores = scores_table_node(scene, organs, f"{name} scores")
+    if report_text:
+        nodes.report = scene.AddNewNodeByClass("vtkMRMLTextNode", f"{name} report")
+        nodes.report.SetText(report_text)
     return nodes
 
 
-def scores_table_node(scene, organs, name: str):
-    """A vtkMRMLTableNode with one row per organ, side and class (numbers as numbers)."""
+def scores_table_node(scene, organs: list[dict], name: str):
+    """A vtkMRMLTableNode with one row per organ, side and class (numbers as numbers).
+
+    ``organs`` are ``scores.json`` organ entries (``OrganResult.to_dict()``)."""
     import vtk
 
     node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
@@ -112,13 +149,13 @@ def scores_table_node(scene, organs, name: str):
         table.AddColumn(array)
         columns[column] = array
     for organ in organs:
-        for score in organ.scores:
-            columns["organ"].InsertNextValue(organ.organ)
-            columns["side"].InsertNextValue(organ.side or "")
-            columns["class"].InsertNextValue(score.cls)
-            columns["probability"].InsertNextValue(score.probability)
-            columns["threshold"].InsertNextValue(score.threshold)
-            columns["flag"].InsertNextValue(int(score.flag))
-            columns["spread"].InsertNextValue(score.spread)
+        for score in organ["scores"]:
+            columns["organ"].InsertNextValue(organ["organ"])
+            columns["side"].InsertNextValue(organ.get("side") or "")
+            columns["class"].InsertNextValue(score["class"])
+            columns["probability"].InsertNextValue(score["probability"])
+            columns["threshold"].InsertNextValue(score["threshold"])
+            columns["flag"].InsertNextValue(int(score["flag"]))
+            columns["spread"].InsertNextValue(score["spread"])
     node.Modified()
     return node

@@ -54,15 +54,39 @@ def dicom_dir(reference_data) -> Path:
     return reference_data.dicom_dir
 
 
-@pytest.fixture
-def jmid_command() -> list[str]:
-    """The installed `jmid` console script (beside this Python), as a command list."""
+def _jmid_script() -> list[str]:
     script = Path(sys.executable).with_name("jmid")
     if not script.exists():
         pytest.fail(
             f"the jmid command is not installed beside {sys.executable}; run scripts/setup.sh"
         )
     return [str(script)]
+
+
+@pytest.fixture
+def jmid_command() -> list[str]:
+    """The installed `jmid` console script (beside this Python), as a command list."""
+    return _jmid_script()
+
+
+DEMO_ARGS = ["--cases", "24", "--seed", "1", "--folds", "2", "--epochs", "1", "--holdout", "1"]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """The main job run once at a reduced size through the installed `jmid demo` (the demo
+    test checks it; the module-Logic tests use its bundle, cohort and predictions).
+
+    Returns:
+        (command, output folder, the finished process).
+    """
+    import subprocess
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    command = [*_jmid_script(), "demo", "--out", str(out), *DEMO_ARGS]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return command, out, result
 
 
 @pytest.fixture(autouse=True)

@@ -193,9 +193,9 @@ def test_results_folder_scene_and_hirescam(predictor, example_ct, organs_seg, tm
     assert (out / "overview.png").stat().st_size > 10_000
     scene = load_scene(out / "scene.mrb")
     names_in_scene = {scene.GetNthNode(i).GetName() for i in range(scene.GetNumberOfNodes())}
-    assert {"CT", "CT organs", "heatmap liver", "CT scores"} <= names_in_scene
+    assert {"CT", "CT organs", "CT heatmap liver", "CT scores"} <= names_in_scene
     # The heatmap overlay: on the CT's geometry, PET-Heat colours, zero thresholded away.
-    heat_node = scene.GetFirstNodeByName("heatmap liver")
+    heat_node = scene.GetFirstNodeByName("CT heatmap liver")
     ct_node = scene.GetFirstNodeByName("CT")
     assert Grid.from_image(volume_node_to_image(heat_node)).difference(
         Grid.from_image(volume_node_to_image(ct_node))) is None  # fmt: skip

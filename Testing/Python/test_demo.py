@@ -11,13 +11,9 @@ from JMIDAnomalyLib.geometry import Grid
 from JMIDAnomalyLib.mrml import load_scene, segment_names, volume_node_to_image
 
 
-def test_demo_runs_end_to_end_and_reuses_its_cache(jmid_command, tmp_path):
+def test_demo_runs_end_to_end_and_reuses_its_cache(demo_run):
     """The whole main job at a reduced size: every output exists and is valid."""
-    out = tmp_path / "demo"
-    command = [*jmid_command, "demo", "--out", str(out), "--cases", "24", "--seed", "1",
-               "--folds", "2", "--epochs", "1", "--holdout", "1"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
+    command, out, result = demo_run
     assert "24 reports labelled" in result.stdout and "(0 cases from the cache)" in result.stdout
     assert "liver ensemble (trained in" in result.stdout and "out-of-fold" in result.stdout
     summary = json.loads((out / "labels" / "summary.json").read_text())

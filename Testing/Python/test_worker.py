@@ -1,0 +1,93 @@
+"""The background-worker protocol with a real worker process and the real demo bundle."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from JMIDAnomalyLib.analyzejob import AnalyzeConfig
+from JMIDAnomalyLib.workerclient import WorkerClient
+
+
+def _held_out_config(out_dir: Path, demo: Path, case: str | None = None) -> AnalyzeConfig:
+    cohort = demo / "cohort"
+    case = case or next((demo / "analysis").iterdir()).name
+    return AnalyzeConfig(
+        ct=str(cohort / "images" / f"{case}.nii.gz"), out=str(out_dir / case),
+        bundles=[str(demo / "training" / "liver" / "bundle")],
+        seg=str(cohort / "segs" / f"{case}.nii.gz"), seg_labels=str(cohort / "labels.json"),
+        scene=False,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def client():
+    worker = WorkerClient()
+    yield worker
+    worker.close()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_worker_analyzes_cases_with_progress_and_reuses_its_models(client, demo_run, tmp_path):
+    _, demo, _ = demo_run
+    events = []
+    first = client.analyze(_held_out_config(tmp_path, demo))
+    done = client.wait(first, timeout=300, on_event=events.append)
+    assert done.kind == "result", done.data
+    kinds = [e.kind for e in events]
+    assert "ready" in kinds and kinds.index("ready") < kinds.index("started")
+    fractions = [e.data["fraction"] for e in events if e.kind == "progress" and e.job == first]
+    assert len(fractions) >= 3 and fractions == sorted(fractions) and fractions[-1] == 1.0
+    result = done.data["result"]
+    assert result["models_reused"] is False
+    scores = json.loads((Path(result["out"]) / "scores.json").read_text())
+    assert [o["organ"] for o in result["organs"]] == [o["organ"] for o in scores["organs"]]
+    assert (Path(result["out"]) / "heatmap_liver.nii.gz").is_file()
+    pid = client.pid
+    # A second case: same process, bundle still loaded.
+    second_case = sorted(p.stem.split(".")[0] for p in (demo / "cohort" / "images").iterdir())[0]
+    second = client.wait(client.analyze(_held_out_config(tmp_path, demo, second_case)), 300)
+    assert second.kind == "result" and second.data["result"]["models_reused"] is True
+    assert client.pid == pid
+    # Bad input: a clear error, the worker survives it.
+    bad = _held_out_config(tmp_path, demo)
+    bad.ct, bad.out = str(tmp_path / "missing.nii.gz"), str(tmp_path / "bad")
+    error = client.wait(client.analyze(bad), 60)
+    assert error.kind == "error" and error.data["input_error"]
+    assert "missing.nii.gz" in error.message and client.pid == pid
+    assert not Path(bad.out).exists()
+    assert not client.busy
+
+
+def test_cancel_kills_the_process_tree_and_a_crash_is_reported(client):
+    job = client.submit("ping", seconds=120)
+    deadline = time.monotonic() + 60
+    while not any(e.kind == "started" and e.job == job for e in client.poll()):
+        assert time.monotonic() < deadline, "the worker never started the job"
+        time.sleep(0.05)
+    pid = client.pid
+    assert client.cancel() == [job]
+    assert _gone(pid)
+    assert any(e.kind == "cancelled" and e.job == job for e in client.poll())
+    # The next request starts a fresh worker.
+    answer = client.wait(client.submit("ping"), 60)
+    assert answer.kind == "result" and answer.data["result"]["pid"] != pid
+    # A worker that dies is reported for the job it had, with its status.
+    job = client.submit("ping", seconds=120)
+    time.sleep(0.5)
+    os.kill(client.pid, signal.SIGKILL)
+    crash = client.wait(job, 30)
+    assert crash.kind == "error" and not crash.data["input_error"]
+    assert "killed (signal 9)" in crash.message
+    assert not client.alive and not client.busy
