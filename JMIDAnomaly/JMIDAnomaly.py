@@ -4,15 +4,18 @@ The module stays thin: the Widget binds the GUI to a parameter node, the Logic c
 library ``JMIDAnomalyLib`` (plain Python, tested outside Slicer).
 """
 
-import logging
 import pathlib
+import sys
+from typing import Annotated
 
+import qt
 import slicer
 import vtk
+from JMIDAnomalyLib.reading import ReadingLogic  # needs no torch: safe before installing it
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
@@ -53,17 +56,35 @@ class JMIDAnomalyParameterNode:
     """Parameters of the module, bound to the GUI by ``connectGui``.
 
     inputVolume - the CT to analyse.
-    labelMapPath - an organ label map file on the CT's grid.
-    labelTablePath - its label table (value -> name JSON, or an nnU-Net dataset.json).
-    organsOnly - keep only the seven abdominal organs.
-    outputSegmentation - the segmentation node created by Apply.
+    inputSegmentation - its organ segmentation; when empty, segModelPath segments the CT.
+    segModelPath - an nnU-Net v2 model folder.
+    bundlePath - model bundle (folder or zip) or a folder of bundles.
+    organs - comma-separated organs ("" = every bundle's).
+    explain - heatmap method. device - auto, cuda, cpu or mps.
+    heatmapOpacity - foreground opacity of the heatmap overlay.
+    predictionsPath, dataRoot, feedbackPath - error analysis inputs and the marks file.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
-    labelMapPath: pathlib.Path
-    labelTablePath: pathlib.Path
-    organsOnly: bool = True
-    outputSegmentation: vtkMRMLSegmentationNode
+    inputSegmentation: vtkMRMLSegmentationNode
+    segModelPath: pathlib.Path
+    bundlePath: pathlib.Path
+    organs: str = ""
+    explain: Annotated[str, Choice(["occlusion", "hirescam", "none"])] = "occlusion"
+    device: Annotated[str, Choice(["auto", "cuda", "cpu", "mps"])] = "auto"
+    heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    predictionsPath: pathlib.Path
+    dataRoot: pathlib.Path
+    feedbackPath: pathlib.Path
+
+
+def _given(path) -> bool:
+    return path is not None and str(path) not in ("", ".")
+
+
+OUTCOME_CHOICES = {"false positives and negatives": ("FP", "FN"), "false positives": ("FP",),
+                   "false negatives": ("FN",), "true positives": ("TP",),
+                   "true negatives": ("TN",)}  # fmt: skip
 
 
 #
@@ -78,6 +99,8 @@ class JMIDAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
+        self._job = None
+        self._nodes = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -89,10 +112,43 @@ class JMIDAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.scoresTableView.connect("selectionChanged()", self.onScoreRowSelected)
+        self.ui.heatmapComboBox.connect("currentIndexChanged(int)", self.onHeatmapChosen)
+        self.ui.heatmapOpacitySlider.connect("valueChanged(double)", self.logic.set_heatmap_opacity)
+        self.ui.loadReviewButton.connect("clicked(bool)", self.onLoadReview)
+        for combo in (self.ui.reviewOrganComboBox, self.ui.reviewClassComboBox,
+                      self.ui.reviewOutcomeComboBox):  # fmt: skip
+            combo.connect("activated(int)", self.onReviewFilter)
+        self.ui.reviewOutcomeComboBox.addItems(list(OUTCOME_CHOICES))
+        self.ui.reviewThresholdSlider.connect("valueChanged(double)", self.onReviewFilter)
+        self.ui.previousButton.connect("clicked(bool)", lambda: self.onReviewStep(-1))
+        self.ui.nextButton.connect("clicked(bool)", lambda: self.onReviewStep(1))
+        for button, verdict in ((self.ui.agreeButton, "agree"),
+                                (self.ui.labelWrongButton, "label_wrong"),
+                                (self.ui.modelWrongButton, "model_wrong")):  # fmt: skip
+            button.connect("clicked(bool)", lambda _=False, v=verdict: self.onMark(v))
+        self._shortcuts = []
+        for key, action in (("N", lambda: self.onReviewStep(1)),
+                            ("P", lambda: self.onReviewStep(-1)),
+                            ("A", lambda: self.onMark("agree")),
+                            ("L", lambda: self.onMark("label_wrong")),
+                            ("M", lambda: self.onMark("model_wrong"))):  # fmt: skip
+            shortcut = qt.QShortcut(qt.QKeySequence(key), uiWidget)
+            shortcut.setContext(qt.Qt.WidgetWithChildrenShortcut)
+            shortcut.connect("activated()", action)
+            self._shortcuts.append(shortcut)
+        # The worker is polled from the GUI thread's event loop: nothing ever blocks it.
+        self._timer = qt.QTimer()
+        self._timer.setInterval(100)
+        self._timer.connect("timeout()", self.onTimer)
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         self.removeObservers()
+        self._timer.stop()
+        if self.logic:
+            self.logic.shutdown()
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -132,30 +188,167 @@ class JMIDAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
+        p = self._parameterNode
         ready = bool(
-            self._parameterNode
-            and self._parameterNode.inputVolume
-            and str(self._parameterNode.labelMapPath) not in ("", ".")
-        )
-        self.ui.applyButton.enabled = ready
+            p and p.inputVolume and _given(p.bundlePath)
+            and (p.inputSegmentation or _given(p.segModelPath))
+        )  # fmt: skip
+        self.ui.applyButton.enabled = ready and self._job is None
         self.ui.applyButton.toolTip = (
-            _("Load the organ segmentation")
+            _("Segment, score and explain the CT in the background")
             if ready
-            else _("Select a CT volume and a label map file")
+            else _("Select a CT, a segmentation (or an nnU-Net model) and a model bundle")
         )
 
+    # -- analysis -----------------------------------------------------------------------------
+
+    def _dependenciesReady(self) -> bool:
+        missing = self.logic.missingDependencies()
+        if not missing:
+            return True
+        if not slicer.util.confirmOkCancelDisplay(
+            _("JMID Anomaly needs these Python packages, which are not installed yet:\n\n{m}\n\n"
+              "Install them now? (torch comes through the PyTorch extension; this can take "
+              "several minutes.)").format(m="\n".join(missing))
+        ):  # fmt: skip
+            return False
+        with slicer.util.tryWithErrorDisplay(_("Installing packages failed."), waitCursor=True):
+            self.logic.installDependencies()
+            return True
+        return False
+
     def onApplyButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay(
-            _("Failed to load the segmentation."), waitCursor=True
-        ):
-            p = self._parameterNode
-            table = p.labelTablePath if str(p.labelTablePath) not in ("", ".") else None
-            p.outputSegmentation = self.logic.importSegmentation(
-                p.inputVolume, p.labelMapPath, table, p.organsOnly
+        if not self._dependenciesReady():
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the analysis."), waitCursor=True):
+            self._job = self.logic.startAnalysisFromParameters(
+                self._parameterNode, self.ui.reportTextEdit.toPlainText()
             )
-            self.ui.statusLabel.text = _("Loaded {count} segments.").format(
-                count=p.outputSegmentation.GetSegmentation().GetNumberOfSegments()
-            )
+            self._setRunning(True, _("Starting the worker..."))
+
+    def onCancelButton(self) -> None:
+        self.logic.cancel()
+        review = self.logic.review
+        if review is not None:
+            review.job = None
+        self._setRunning(False, _("Cancelled."))
+
+    def _setRunning(self, running: bool, status: str) -> None:
+        self._job = self._job if running else None
+        self.ui.cancelButton.enabled = running
+        self.ui.statusLabel.text = status
+        if running:
+            self.ui.progressBar.value = 0
+            self._timer.start()
+        self._checkCanApply()
+
+    def onTimer(self) -> None:
+        for event in self.logic.process_events():
+            if event.kind == "log":
+                self.ui.logTextEdit.appendPlainText(event.message)
+            elif event.kind == "progress":
+                self.ui.progressBar.value = int(100 * event.data["fraction"])
+                self.ui.statusLabel.text = event.message
+            elif event.kind in ("result", "error", "cancelled"):
+                review = self.logic.review
+                if review is not None and review.handle(event) and event.kind == "result":
+                    self._showResults(review.nodes)
+                elif event.job == self._job and event.kind == "result":
+                    self._showResults(event.data["nodes"])
+                if event.kind == "error":
+                    slicer.util.errorDisplay(_("Analysis failed: {m}").format(m=event.message))
+                self._setRunning(False, _("Done.") if event.kind == "result" else event.message)
+        if not self.logic.busy:
+            self._timer.stop()
+
+    def _showResults(self, nodes) -> None:
+        self._nodes = nodes
+        self.ui.scoresTableView.setMRMLTableNode(nodes.scores)
+        self.ui.heatmapComboBox.blockSignals(True)
+        self.ui.heatmapComboBox.clear()
+        self.ui.heatmapComboBox.addItems(["(none)", *nodes.heatmaps])
+        self.ui.heatmapComboBox.blockSignals(False)
+        self.ui.reportLabel.text = nodes.report.GetText() if nodes.report else ""
+        self.ui.resultsCollapsibleButton.collapsed = False
+
+    def onScoreRowSelected(self) -> None:
+        rows = self.ui.scoresTableView.selectedMRMLTableRowIndices() if self._nodes else []
+        if rows:
+            key = self.logic.select_score_row(self._nodes, rows[0])
+            index = self.ui.heatmapComboBox.findText(key)
+            self.ui.heatmapComboBox.setCurrentIndex(max(index, 0))
+
+    def onHeatmapChosen(self, index: int) -> None:
+        if self._nodes:
+            key = self.ui.heatmapComboBox.currentText if index > 0 else None
+            self.logic.show_heatmap(self._nodes, key, self._parameterNode.heatmapOpacity)
+
+    # -- error analysis -----------------------------------------------------------------------
+
+    def onLoadReview(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Failed to load the predictions."), waitCursor=True):
+            review = self.logic.openReview(p.predictionsPath, p.dataRoot, p.feedbackPath,
+                                           p.bundlePath, p.explain)  # fmt: skip
+            for combo, values in ((self.ui.reviewOrganComboBox, review.queue.organs),
+                                  (self.ui.reviewClassComboBox, review.queue.classes)):  # fmt: skip
+                combo.clear()
+                combo.addItems([_("(any)"), *values])
+            self.onReviewFilter()
+
+    def onReviewFilter(self, *_args) -> None:
+        review = self.logic.review
+        if review is None:
+            return
+        organ = self.ui.reviewOrganComboBox.currentText
+        cls = self.ui.reviewClassComboBox.currentText
+        threshold = self.ui.reviewThresholdSlider.value or None
+        review.queue.select(
+            None if self.ui.reviewOrganComboBox.currentIndex <= 0 else organ,
+            None if self.ui.reviewClassComboBox.currentIndex <= 0 else cls,
+            OUTCOME_CHOICES.get(self.ui.reviewOutcomeComboBox.currentText, ("FP", "FN")),
+            threshold,
+        )
+        self.onReviewStep(0)
+
+    def onReviewStep(self, delta: int) -> None:
+        review = self.logic.review
+        if review is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to load the case."), waitCursor=True):
+            job = review.step(delta)
+            self._showReviewItem()
+            if job is not None:
+                self._setRunning(True, _("Computing the heatmap..."))
+            elif review.nodes is not None:
+                self._showResults(review.nodes)
+
+    def _showReviewItem(self) -> None:
+        review = self.logic.review
+        item = review.queue.current
+        if item is None:
+            self.ui.reviewItemLabel.text = _("No case matches the filters.")
+            self.ui.evidenceLabel.text = ""
+            return
+        threshold = review.queue.threshold(item)
+        mark = review.feedback.get(item)
+        self.ui.reviewItemLabel.text = _(
+            "{i} / {n}: {case} {organ} {cls}: probability {p:.2f} (threshold {t:.2f}), "
+            "report label {label} -> {outcome}{mark}"
+        ).format(i=review.queue.index + 1, n=len(review.queue.items), case=item.case_id,
+                 organ=item.organ_key, cls=item.cls, p=item.probability, t=threshold,
+                 label=item.label, outcome=item.outcome(threshold),
+                 mark=f" [{mark['verdict']}]" if mark else "")  # fmt: skip
+        self.ui.evidenceLabel.text = item.evidence or _("(no report sentence)")
+        self.ui.commentLineEdit.text = mark["comment"] if mark else ""
+
+    def onMark(self, verdict: str) -> None:
+        review = self.logic.review
+        if review is None or review.queue.current is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to save the mark."), waitCursor=True):
+            review.mark(verdict, self.ui.commentLineEdit.text)
+            self._showReviewItem()
 
 
 #
@@ -163,33 +356,87 @@ class JMIDAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class JMIDAnomalyLogic(ScriptedLoadableModuleLogic):
-    """Calls the core library; raises on error and never shows dialogs."""
+def workerPython() -> str:
+    """The interpreter the background worker runs with: Slicer's ``PythonSlicer``."""
+    import shutil
 
-    def __init__(self) -> None:
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+class JMIDAnomalyLogic(ScriptedLoadableModuleLogic, ReadingLogic):
+    """The core's :class:`JMIDAnomalyLib.reading.ReadingLogic` on ``slicer.mrmlScene``, plus the
+    parameter node, dependency installation and error analysis. Raises; never shows dialogs."""
+
+    def __init__(self, scene=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        ReadingLogic.__init__(self, scene or slicer.mrmlScene, python=workerPython())
+        self.review = None
 
     def getParameterNode(self):
         return JMIDAnomalyParameterNode(super().getParameterNode())
 
-    def importSegmentation(self, volumeNode, labelMapPath, labelTablePath=None, organsOnly=True):
-        """Load an organ label map file as a segmentation of ``volumeNode``.
+    def missingDependencies(self) -> list:
+        from JMIDAnomalyLib.dependencies import missing_requirements
 
-        Returns:
-            the new vtkMRMLSegmentationNode, with named and coloured organ segments.
-        """
+        return missing_requirements()
+
+    def installDependencies(self) -> None:
+        """torch through the PyTorch extension, the rest with pip (Slicer's own SimpleITK and
+        torch are never replaced)."""
+        from JMIDAnomalyLib.dependencies import REQUIREMENTS, read_requirements
+
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            import PyTorchUtils
+
+            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
+                raise RuntimeError("the PyTorch extension could not install PyTorch") from None
+        try:
+            import slicer.pydeps as pydeps
+        except ImportError:
+            pydeps = getattr(slicer, "packaging", None)
+        if pydeps is not None and hasattr(pydeps, "pip_ensure"):
+            pydeps.pip_ensure(
+                pydeps.load_requirements(str(REQUIREMENTS)),
+                skip_packages=["SimpleITK", "torch", "torchvision"],
+                requester="JMIDAnomaly",
+            )
+        else:
+            slicer.util.pip_install(read_requirements())
+
+    def startAnalysisFromParameters(self, p, reportText: str = "") -> str:
+        """Queue the analysis the parameter node describes; returns the worker job id."""
+        organs = [o.strip() for o in (p.organs or "").split(",") if o.strip()]
+        return self.start_analysis(
+            p.inputVolume, [str(p.bundlePath)], p.inputSegmentation,
+            str(p.segModelPath) if _given(p.segModelPath) else "", organs, p.explain, p.device,
+            reportText,
+        )  # fmt: skip
+
+    def openReview(self, predictionsPath, dataRoot, feedbackPath, bundlePath,
+                   explain: str = "occlusion"):  # fmt: skip
+        """Start an error-analysis session (``JMIDAnomalyLib.review.ReviewSession``)."""
+        from JMIDAnomalyLib.review import ReviewSession
+
+        needed = ((predictionsPath, "predictions CSV"), (dataRoot, "data root"),
+                  (feedbackPath, "feedback CSV"), (bundlePath, "model bundle"))  # fmt: skip
+        for path, what in needed:
+            if not _given(path):
+                raise ValueError(f"Select the {what}")
+        if self.review is not None:
+            self.review.clear()
+        self.review = ReviewSession(self, predictionsPath, dataRoot, feedbackPath,
+                                    [str(bundlePath)], explain=explain)  # fmt: skip
+        return self.review
+
+    def importSegmentation(self, volumeNode, labelMapPath, labelTablePath=None, organsOnly=True):
+        """Load an organ label map file as a named, coloured segmentation of ``volumeNode``."""
         from JMIDAnomalyLib.scenes import import_segmentation_for_volume
 
         if not volumeNode:
             raise ValueError("Input CT volume is not selected")
-        segmentation = import_segmentation_for_volume(
-            volumeNode, labelMapPath, labelTablePath, organsOnly
-        )
-        segmentation.CreateClosedSurfaceRepresentation()
-        logging.info(
-            "JMIDAnomaly: loaded %d segments", segmentation.GetSegmentation().GetNumberOfSegments()
-        )
-        return segmentation
+        return import_segmentation_for_volume(volumeNode, labelMapPath, labelTablePath, organsOnly)
 
 
 #
@@ -198,7 +445,8 @@ class JMIDAnomalyLogic(ScriptedLoadableModuleLogic):
 
 
 class JMIDAnomalyTest(ScriptedLoadableModuleTest):
-    """Runs inside Slicer on the real example CT (downloaded once into the cache)."""
+    """Runs inside Slicer: the real example CT, and the whole reading and error-analysis flow on
+    a small demo run (cohort, labels, a 2-fold bundle; a few minutes on a CPU)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -206,6 +454,8 @@ class JMIDAnomalyTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_ImportSegmentation()
+        self.setUp()
+        self.test_AnalysisAndErrorAnalysis()
 
     def test_ImportSegmentation(self):
         from JMIDAnomalyLib.imageio import read_ct
@@ -221,4 +471,49 @@ class JMIDAnomalyTest(ScriptedLoadableModuleTest):
         for organ in ("liver", "spleen", "kidney_left", "kidney_right", "pancreas"):
             self.assertIn(organ, names)
         self.assertNotIn("aorta", names)
+        self.delayDisplay("Test passed")
+
+    def test_AnalysisAndErrorAnalysis(self):
+        import csv
+        import tempfile
+
+        logic = JMIDAnomalyLogic()
+        if logic.missingDependencies():
+            self.skipTest("install the dependencies first (Apply in the module offers it)")
+        from JMIDAnomalyLib.demo import DemoSettings, run_demo
+        from JMIDAnomalyLib.imageio import read_ct
+        from JMIDAnomalyLib.mrml import image_to_volume_node
+
+        out = pathlib.Path(tempfile.mkdtemp()) / "demo"
+        self.delayDisplay("Running a small demo (cohort, labels, 2-fold training)")
+        run_demo(out, DemoSettings(cases=24, seed=1, folds=2, epochs=1, holdout=1))
+        bundle = out / "training" / "liver" / "bundle"
+        case = next((out / "analysis").iterdir()).name
+        cohort = out / "cohort"
+        volume = image_to_volume_node(
+            read_ct(cohort / "images" / f"{case}.nii.gz"), slicer.mrmlScene, case
+        )
+        segmentation = logic.importSegmentation(
+            volume, cohort / "segs" / f"{case}.nii.gz", cohort / "labels.json"
+        )
+        self.delayDisplay("Analysing in the background worker")
+        job = logic.start_analysis(volume, [bundle], segmentation, report_text="肝に異常なし。")
+        event = logic.wait(job, timeout=600)
+        self.assertEqual(event.kind, "result", event.message)
+        nodes = event.data["nodes"]
+        self.assertIn("liver", nodes.heatmaps)
+        self.assertGreater(nodes.scores.GetNumberOfRows(), 0)
+        self.assertEqual(logic.select_score_row(nodes, 0), "liver")
+        self.delayDisplay("Error analysis: first mistake, marked")
+        feedback = out / "feedback.csv"
+        review = logic.openReview(out / "evaluation" / "liver" / "predictions.csv", cohort,
+                                  feedback, bundle)  # fmt: skip
+        review.queue.select(organ="liver")
+        job = review.show_current()
+        if job is not None:
+            self.assertTrue(review.handle(logic.wait(job, timeout=600)))
+        review.mark("agree", "self-test")
+        with feedback.open(encoding="utf-8") as f:
+            self.assertEqual([r["verdict"] for r in csv.DictReader(f)], ["agree"])
+        logic.shutdown()
         self.delayDisplay("Test passed")

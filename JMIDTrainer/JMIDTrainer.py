@@ -56,18 +56,24 @@ class JMIDTrainer(ScriptedLoadableModule):
 #
 
 
-class JMIDTrainerLogic(ScriptedLoadableModuleLogic):
-    """Runs ``jmid`` jobs in Slicer's Python; raises nothing for bad input, returns the status."""
+def _trainerLogicBase():
+    _ensureCoreLibraryImportable()
+    from JMIDAnomalyLib.trainerlogic import TrainerLogic
+
+    return TrainerLogic
+
+
+class JMIDTrainerLogic(ScriptedLoadableModuleLogic, _trainerLogicBase()):
+    """The core's ``JMIDAnomalyLib.trainerlogic.TrainerLogic`` — ``import_labels``,
+    ``build_crop_cache``, ``train``, ``evaluate``, ``run`` (any jmid command line) — the same
+    functions and configuration objects as the ``jmid`` command. Raises; never shows dialogs."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
 
     def run(self, arguments) -> int:
         """Run one ``jmid`` job, e.g. ``["info", "--ct", "ct.nii.gz"]``; returns its exit status."""
-        _ensureCoreLibraryImportable()
-        from JMIDAnomalyLib.cli import main
-
-        status = main(list(arguments))
+        status = super().run(arguments)
         logging.info(
             "JMIDTrainer: '%s' finished with status %d", arguments[0] if arguments else "", status
         )
@@ -87,6 +93,7 @@ class JMIDTrainerTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_RunJob()
         self.test_ImportLabels()
+        self.test_TrainAndEvaluate()
 
     def test_RunJob(self):
         _ensureCoreLibraryImportable()
@@ -107,9 +114,35 @@ class JMIDTrainerTest(ScriptedLoadableModuleTest):
             "file_name,患者ID,所見\ncase1.nii.gz,P1,肝S6に嚢胞を認めます。脾臓に異常は認めません。\n",
             encoding="utf-8",
         )
-        summary = JMIDTrainerLogic().importLabels(reports, reports.parent / "labels")
+        summary = JMIDTrainerLogic().import_labels(reports, reports.parent / "labels")
         self.assertEqual(summary["reports_labelled"], 1)
         self.assertEqual(summary["counts"]["liver"].get("cyst"), 1)
+        self.delayDisplay("Test passed")
+
+    def test_TrainAndEvaluate(self):
+        """The researchers' flow on a small demo cohort: labels, crop cache, 2-fold training,
+        out-of-fold evaluation — through the Logic, as a headless script would."""
+        import tempfile
+        from pathlib import Path
+
+        _ensureCoreLibraryImportable()
+        from JMIDAnomalyLib.cohort import build_cohort
+        from JMIDAnomalyLib.trainconfig import TrainConfig
+
+        work = Path(tempfile.mkdtemp())
+        logic = JMIDTrainerLogic()
+        self.delayDisplay("Building a 16-case demo cohort")
+        build_cohort(work / "cohort", cases=16, seed=3)
+        logic.import_labels(work / "cohort" / "reports.csv", work / "labels")
+        config = TrainConfig.for_cohort(work / "cohort", work / "labels", work / "training",
+                                        folds=2, epochs=1)  # fmt: skip
+        summary = logic.build_crop_cache(config)
+        self.assertGreater(summary["samples"], 0)
+        self.delayDisplay("Training")
+        bundle = logic.train(config)
+        metrics = logic.evaluate(bundle, work / "evaluation",
+                                 oof=work / "training" / "oof_predictions.csv")  # fmt: skip
+        self.assertEqual(metrics["organ"], "liver")
         self.delayDisplay("Test passed")
 
 

@@ -16,7 +16,11 @@ def main() -> None:
     text = cmake.read_text(encoding="utf-8")
     lib = MODULE / "JMIDAnomalyLib"
     scripts = sorted(p.relative_to(MODULE).as_posix() for p in lib.rglob("*.py"))
-    data = sorted(p.relative_to(MODULE).as_posix() for p in lib.rglob("*.csv"))
+    data = sorted(
+        p.relative_to(MODULE).as_posix()
+        for pattern in ("*.csv", "*.txt")
+        for p in lib.rglob(pattern)
+    )
     block = (
         "set(MODULE_PYTHON_SCRIPTS\n  ${MODULE_NAME}.py\n"
         + "".join(f"  {f}\n" for f in scripts)

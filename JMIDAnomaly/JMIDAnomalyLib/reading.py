@@ -7,7 +7,8 @@ table node and the report text. Selecting a score row centres the slice views on
 shows its heatmap as the foreground layer of every slice view.
 
 The module's Widget calls :meth:`ReadingLogic.process_events` from a timer; headless code and
-tests call :meth:`ReadingLogic.wait`.
+tests call :meth:`ReadingLogic.wait`. Importing this module needs no torch (the Slicer module
+imports it before its dependencies are installed).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import mrml
-from .analyzejob import AnalyzeConfig
 from .errors import InputError
 from .organs import TOTALSEGMENTATOR_ORGANS
 from .scenes import CaseNodes, add_results_to_scene
@@ -104,6 +104,7 @@ class ReadingLogic:
         The segmentation is ``segmentation_node`` (exported on the CT's grid) or made by the
         nnU-Net model folder ``seg_model`` in the worker.
         """
+        from .analyzejob import AnalyzeConfig
         from .imageio import write_image
         from .labelmaps import write_label_names
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError, atomic_output
-from .evaluation import COLUMNS
 
 VERDICTS = ("agree", "label_wrong", "model_wrong")
 OUTCOMES = ("FP", "FN", "TP", "TN")
@@ -68,6 +67,8 @@ class ReviewQueue:
 
     def __init__(self, predictions_csv: str | os.PathLike,
                  thresholds: dict[str, dict[str, float]] | None = None) -> None:  # fmt: skip
+        from .evaluation import COLUMNS
+
         path = Path(predictions_csv)
         try:
             with path.open(encoding="utf-8-sig", newline="") as f:

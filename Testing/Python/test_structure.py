@@ -120,10 +120,10 @@ def test_module_files_follow_the_slicer_template():
 
 def test_cmake_lists_every_script_and_resource():
     cmake = (REPO / "JMIDAnomaly" / "CMakeLists.txt").read_text(encoding="utf-8")
-    listed = set(re.findall(r"^\s+(JMIDAnomalyLib/\S+\.(?:py|csv))$", cmake, re.M))
+    listed = set(re.findall(r"^\s+(JMIDAnomalyLib/\S+\.(?:py|csv|txt))$", cmake, re.M))
     on_disk = {
         p.relative_to(REPO / "JMIDAnomaly").as_posix()
-        for pattern in ("*.py", "*.csv")
+        for pattern in ("*.py", "*.csv", "*.txt")
         for p in CORE.rglob(pattern)
     }
     assert listed == on_disk, {
@@ -152,3 +152,24 @@ def test_code_passes_ruff():
     for command in ([str(ruff), "check", *targets], [str(ruff), "format", "--check", *targets]):
         result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-1000:]
+
+
+def test_slicer_requirements_agree_with_the_pinned_test_environment(tmp_path):
+    from JMIDAnomalyLib.dependencies import missing_requirements, read_requirements
+    from packaging.requirements import Requirement
+
+    pins = {}
+    for line in (REPO / "requirements" / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.strip().lower()] = version.strip()
+    for line in read_requirements():
+        requirement = Requirement(line)
+        assert requirement.name.lower() in pins, f"{requirement.name} is not pinned for the tests"
+        assert requirement.specifier.contains(pins[requirement.name.lower()]), line
+    # The test environment satisfies the list; a broken list is reported, not ignored.
+    assert missing_requirements() == []
+    bad = tmp_path / "requirements.txt"
+    bad.write_text("# comment\nnumpy<1.0  # too old\nno-such-package-jmid>=1\n")
+    assert [m.split()[0] for m in missing_requirements(bad, include_torch=False)] == [
+        "numpy<1.0", "no-such-package-jmid>=1"]  # fmt: skip
