@@ -173,3 +173,18 @@ def test_slicer_requirements_agree_with_the_pinned_test_environment(tmp_path):
     bad.write_text("# comment\nnumpy<1.0  # too old\nno-such-package-jmid>=1\n")
     assert [m.split()[0] for m in missing_requirements(bad, include_torch=False)] == [
         "numpy<1.0", "no-such-package-jmid>=1"]  # fmt: skip
+
+
+def test_extension_index_entry_matches_the_cmake_metadata():
+    import json
+
+    entry = json.loads((REPO / "Resources" / "ExtensionIndex" / "JMIDAnomaly.json").read_text())
+    assert {"$schema", "category", "scm_url"} <= set(entry)
+    allowed = {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision",
+               "scm_type", "scm_url", "tier"}  # fmt: skip
+    assert set(entry) <= allowed, "the catalog schema allows no other properties"
+    top = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    meta = dict(re.findall(r'set\(EXTENSION_(\w+) "([^"]*)"\)', top))
+    assert entry["category"] == meta["CATEGORY"]
+    assert entry["build_dependencies"] == meta["DEPENDS"].split()
+    assert entry["scm_url"].removesuffix(".git") == meta["HOMEPAGE"]
