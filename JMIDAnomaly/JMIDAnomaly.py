@@ -113,7 +113,7 @@ class JMIDAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
-        self.ui.scoresTableView.connect("selectionChanged()", self.onScoreRowSelected)
+        self.ui.scoresTableView.connect("clicked(QModelIndex)", self.onScoreRowClicked)
         self.ui.heatmapComboBox.connect("currentIndexChanged(int)", self.onHeatmapChosen)
         self.ui.heatmapOpacitySlider.connect("valueChanged(double)", self.logic.set_heatmap_opacity)
         self.ui.loadReviewButton.connect("clicked(bool)", self.onLoadReview)
@@ -271,10 +271,13 @@ class JMIDAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.reportLabel.text = nodes.report.GetText() if nodes.report else ""
         self.ui.resultsCollapsibleButton.collapsed = False
 
-    def onScoreRowSelected(self) -> None:
-        rows = self.ui.scoresTableView.selectedMRMLTableRowIndices() if self._nodes else []
-        if rows:
-            key = self.logic.select_score_row(self._nodes, rows[0])
+    def onScoreRowClicked(self, index) -> None:
+        if not self._nodes or not index.isValid():
+            return
+        proxy = self.ui.scoresTableView.sortFilterProxyModel()  # the view may be sorted
+        row = proxy.mapToSource(index).row() if proxy else index.row()
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the organ.")):
+            key = self.logic.select_score_row(self._nodes, row)
             index = self.ui.heatmapComboBox.findText(key)
             self.ui.heatmapComboBox.setCurrentIndex(max(index, 0))
 
