@@ -28,7 +28,7 @@ from .bundle import Bundle, load_bundle
 from .crops import STATUS_OK, STATUS_PARTIAL, crop_organs
 from .errors import InputError
 from .geometry import Grid, map_to_source
-from .organs import ORGANS
+from .organs import ORGANS, organ_key
 from .segmentation import pick_device
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class OrganResult:
 
     @property
     def key(self) -> str:
-        return f"{self.organ}_{self.side}" if self.side else self.organ
+        return organ_key(self.organ, self.side)
 
     @property
     def flagged(self) -> list[str]:
@@ -109,9 +109,11 @@ class CaseAnalysis:
                 "organs": [o.to_dict() for o in self.organs]}  # fmt: skip
 
 
-def find_bundles(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> dict[str, Bundle]:
+def find_bundles(paths: str | os.PathLike | Iterable[str | os.PathLike],
+                 weights: bool = True) -> dict[str, Bundle]:  # fmt: skip
     """Load bundles from paths: each a bundle (folder or zip) or a folder holding bundles
-    (``*/bundle.json`` or ``*.zip``). Two bundles for one organ are an error."""
+    (``*/bundle.json`` or ``*.zip``). Two bundles for one organ are an error.
+    ``weights=False``: metadata only (see :func:`bundle.load_bundle`)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     found: dict[str, Bundle] = {}
@@ -125,7 +127,7 @@ def find_bundles(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> dict
         else:
             members = [path]
         for member in members:
-            bundle = load_bundle(member)
+            bundle = load_bundle(member, weights)
             if bundle.organ in found:
                 raise InputError(member, f"a second bundle for the {bundle.organ}")
             found[bundle.organ] = bundle

@@ -100,8 +100,10 @@ _REQUIRED = (
 )
 
 
-def load_bundle(path: str | os.PathLike) -> Bundle:
-    """Load a bundle folder or zip. Raises InputError naming what is wrong."""
+def load_bundle(path: str | os.PathLike, weights: bool = True) -> Bundle:
+    """Load a bundle folder or zip. Raises InputError naming what is wrong.
+
+    ``weights=False`` checks and reads only the metadata (``models`` stays empty)."""
     path = Path(path)
     if not path.exists():
         raise InputError(path, "no such bundle")
@@ -115,13 +117,13 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
             raise InputError(path, "not a bundle (not a zip file)") from None
         inner = [p for p in work.iterdir() if p.is_dir()]
         try:
-            return _load_folder(inner[0] if len(inner) == 1 else work, path)
+            return _load_folder(inner[0] if len(inner) == 1 else work, path, weights)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    return _load_folder(path, path)
+    return _load_folder(path, path, weights)
 
 
-def _load_folder(folder: Path, name: Path) -> Bundle:
+def _load_folder(folder: Path, name: Path, weights: bool = True) -> Bundle:
     meta_file = folder / "bundle.json"
     if not meta_file.is_file():
         raise InputError(name, "bundle.json is missing")
@@ -145,7 +147,7 @@ def _load_folder(folder: Path, name: Path) -> Bundle:
     except (InputError, TypeError) as exc:
         raise InputError(name, f"bad preprocessing parameters ({exc})") from None
     models = []
-    for k in range(int(meta["folds"])):
+    for k in range(int(meta["folds"]) if weights else 0):
         file = folder / f"fold_{k}.pt"
         if not file.is_file():
             raise InputError(name, f"fold_{k}.pt is missing ({meta['folds']} folds expected)")

@@ -40,7 +40,7 @@ from .findings import FINDING_KINDS, PlantedFinding, Planter
 from .geometry import Grid
 from .imageio import read_ct, read_label_map, write_image
 from .labelmaps import select_organs
-from .organs import TOTALSEGMENTATOR_ORGANS
+from .organs import TOTALSEGMENTATOR_ORGANS, organ_key
 from .referencedata import fetch_reference_data
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ def build_case(index: int, seed: int, out: str, label_noise: float, patient: str
     masks = {}  # organ key (liver, kidney_left, adrenal_right ...) -> mask
     for value, structure in names.items():
         organ, side = TOTALSEGMENTATOR_ORGANS[structure]
-        masks[f"{organ}_{side}" if side else organ] = (labels == value).astype(np.uint8)
+        masks[organ_key(organ, side)] = (labels == value).astype(np.uint8)
     for key, mask in masks.items():
         low, high = ENHANCEMENT_HU.get(key.split("_")[0], (0.0, 0.0))
         if high > 0:

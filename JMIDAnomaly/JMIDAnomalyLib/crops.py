@@ -27,7 +27,7 @@ from scipy import ndimage
 
 from .errors import InputError
 from .geometry import CropRecord, Grid, axis_aligned_grid, crop_index_region, resample_to_grid
-from .organs import ORGANS, SIDED_ORGANS, TOTALSEGMENTATOR_ORGANS
+from .organs import ORGANS, SIDED_ORGANS, TOTALSEGMENTATOR_ORGANS, organ_key
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class OrganCrop:
 
     @property
     def key(self) -> str:
-        return f"{self.organ}_{self.side}" if self.side else self.organ
+        return organ_key(self.organ, self.side)
 
     def summary(self) -> dict:
         out = {"organ": self.organ, "side": self.side, "status": self.status,

@@ -13,6 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from .geometry import Grid
+from .organs import organ_key
 
 
 @dataclass
@@ -106,7 +107,7 @@ class Planter:
                value: tuple[float, float], soft: bool = False,
                absolute: bool = True) -> PlantedFinding | None:  # fmt: skip
         """A round lesion: ``absolute`` sets the HU (cyst, stone), else adds to it (mass)."""
-        key = f"{organ}_{side}" if side else organ
+        key = organ_key(organ, side)
         size = float(self.rng.uniform(*diameter))
         radius = size / 2
         centre = self._centre(key, radius)

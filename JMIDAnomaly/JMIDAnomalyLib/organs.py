@@ -71,6 +71,11 @@ TOTALSEGMENTATOR_ORGANS: dict[str, tuple[str, str | None]] = {
 }
 
 
+def organ_key(organ: str, side: str | None) -> str:
+    """The key of an organ and side: ``liver``, ``kidney_left``, ``adrenal_right``."""
+    return f"{organ}_{side}" if side else organ
+
+
 def structure_color(name: str) -> tuple[float, float, float]:
     """Colour for a segment name: the organ colour when it is one of ours, else a stable hue."""
     organ = TOTALSEGMENTATOR_ORGANS.get(name, (name, None))[0]

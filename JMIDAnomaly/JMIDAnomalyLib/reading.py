@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -23,11 +22,9 @@ from pathlib import Path
 
 from . import mrml
 from .errors import InputError
-from .organs import TOTALSEGMENTATOR_ORGANS
+from .organs import TOTALSEGMENTATOR_ORGANS, organ_key
 from .scenes import CaseNodes, add_results_to_scene
 from .workerclient import WorkerClient, WorkerEvent
-
-logger = logging.getLogger(__name__)
 
 SLICE_VIEWS = ("Red", "Yellow", "Green")
 
@@ -91,7 +88,6 @@ class ReadingLogic:
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="jmid-reading-"))
         self._jobs: dict[str, _Job] = {}
         self._count = itertools.count(1)
-        self.results: dict[str, CaseNodes] = {}  # volume node ID -> its latest analysis' nodes
 
     # -- running ------------------------------------------------------------------------------
 
@@ -110,25 +106,21 @@ class ReadingLogic:
 
         if volume_node is None:
             raise InputError("CT volume", "no CT volume is selected")
-        if not bundles:
-            raise InputError("model bundle", "no model bundle is selected")
-        if segmentation_node is None and not seg_model:
-            raise InputError("segmentation", "select a segmentation or an nnU-Net model folder")
         folder = self.work_dir / f"case{next(self._count)}"
+        seg = str(folder / "seg.nii.gz") if segmentation_node is not None else ""
+        # The configuration checks the inputs before anything is written.
+        config = AnalyzeConfig(
+            ct=str(folder / "ct.nii.gz"), out=str(out or folder / "results"),
+            bundles=[str(b) for b in bundles], seg=seg, seg_model="" if seg else str(seg_model),
+            explain=explain, explain_class=explain_class, organs=list(organs), device=device,
+            scene=False,
+        )  # fmt: skip
         folder.mkdir(parents=True)
-        ct_path = folder / "ct.nii.gz"
-        write_image(mrml.volume_node_to_image(volume_node), ct_path)
-        seg = ""
-        if segmentation_node is not None:
+        write_image(mrml.volume_node_to_image(volume_node), config.ct)
+        if seg:
             label_map, names = mrml.segmentation_node_to_label_map(segmentation_node, volume_node)
-            seg = str(folder / "seg.nii.gz")
             write_image(label_map, seg)
             write_label_names(names, folder / "seg.json")
-        config = AnalyzeConfig(
-            ct=str(ct_path), out=str(out or folder / "results"), bundles=[str(b) for b in bundles],
-            seg=seg, seg_model="" if seg else str(seg_model), explain=explain,
-            explain_class=explain_class, organs=list(organs), device=device, scene=False,
-        )  # fmt: skip
         job = self.worker.analyze(config)
         self._jobs[job] = _Job(
             volume_node.GetID(),
@@ -212,17 +204,14 @@ class ReadingLogic:
             label_map = read_label_map(folder / "seg.nii.gz", reference=ct)
             label_map, names = select_organs(label_map, read_label_names(folder / "seg.json"))
         heatmaps = {
-            organ["organ"] + (f"_{organ['side']}" if organ.get("side") else ""):
-                read_image(folder / organ["heatmap"])
+            organ_key(organ["organ"], organ.get("side")): read_image(folder / organ["heatmap"])
             for organ in scores["organs"] if organ.get("heatmap")
         }  # fmt: skip
         nodes = add_results_to_scene(self.scene, volume_node, heatmaps, scores["organs"],
                                      label_map, names, segmentation_node, report_text)  # fmt: skip
-        self.results[volume_node.GetID()] = nodes
         flagged = [
-            o["organ"] + (f"_{o['side']}" if o.get("side") else "")
-            for o in scores["organs"] if o.get("flagged")
-        ]  # fmt: skip
+            organ_key(o["organ"], o.get("side")) for o in scores["organs"] if o.get("flagged")
+        ]
         first = next((k for k in flagged if k in nodes.heatmaps), next(iter(nodes.heatmaps), None))
         self.show_heatmap(nodes, first)
         return nodes
@@ -253,7 +242,7 @@ class ReadingLogic:
             raise IndexError(f"row {row} is not in the scores table")
         organ = table.GetValueByName(row, "organ").ToString()
         side = table.GetValueByName(row, "side").ToString()
-        key = f"{organ}_{side}" if side else organ
+        key = organ_key(organ, side)
         self.centre_on_organ(nodes, key)
         self.show_heatmap(nodes, key if key in nodes.heatmaps else None)
         return key

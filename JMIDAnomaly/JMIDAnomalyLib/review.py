@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError, atomic_output
+from .organs import organ_key
 
 VERDICTS = ("agree", "label_wrong", "model_wrong")
 OUTCOMES = ("FP", "FN", "TP", "TN")
@@ -48,7 +49,7 @@ class ReviewItem:
 
     @property
     def organ_key(self) -> str:
-        return f"{self.organ}_{self.side}" if self.side else self.organ
+        return organ_key(self.organ, self.side)
 
     def outcome(self, threshold: float) -> str:
         positive = self.probability >= threshold
@@ -214,7 +215,8 @@ class ReviewSession:
 
         self.reading = reading
         self.bundles = [str(b) for b in bundles]
-        loaded = find_bundles(self.bundles)
+        loaded = find_bundles(self.bundles, weights=False)  # thresholds only: the worker
+        # loads the weights; loading them here too would stall the GUI for nothing
         self.queue = ReviewQueue(predictions_csv, {o: b.thresholds for o, b in loaded.items()})
         self.data_root = Path(data_root)
         self.feedback = FeedbackLog(feedback_csv)
