@@ -12,6 +12,7 @@ import qt
 import slicer
 import vtk
 from JMIDAnomalyLib.reading import ReadingLogic  # needs no torch: safe before installing it
+from JMIDAnomalyLib.review import OUTCOME_CHOICES
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -80,11 +81,6 @@ class JMIDAnomalyParameterNode:
 
 def _given(path) -> bool:
     return path is not None and str(path) not in ("", ".")
-
-
-OUTCOME_CHOICES = {"false positives and negatives": ("FP", "FN"), "false positives": ("FP",),
-                   "false negatives": ("FN",), "true positives": ("TP",),
-                   "true negatives": ("TN",)}  # fmt: skip
 
 
 #
@@ -303,47 +299,37 @@ class JMIDAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         review = self.logic.review
         if review is None:
             return
-        organ = self.ui.reviewOrganComboBox.currentText
-        cls = self.ui.reviewClassComboBox.currentText
-        threshold = self.ui.reviewThresholdSlider.value or None
-        review.queue.select(
-            None if self.ui.reviewOrganComboBox.currentIndex <= 0 else organ,
-            None if self.ui.reviewClassComboBox.currentIndex <= 0 else cls,
-            OUTCOME_CHOICES.get(self.ui.reviewOutcomeComboBox.currentText, ("FP", "FN")),
-            threshold,
-        )
-        self.onReviewStep(0)
+        with slicer.util.tryWithErrorDisplay(_("Failed to load the case."), waitCursor=True):
+            organ = self.ui.reviewOrganComboBox
+            cls = self.ui.reviewClassComboBox
+            job = review.filter(
+                organ.currentText if organ.currentIndex > 0 else None,
+                cls.currentText if cls.currentIndex > 0 else None,
+                self.ui.reviewOutcomeComboBox.currentText,
+                self.ui.reviewThresholdSlider.value,
+            )
+            self._reviewItemShown(job)
 
     def onReviewStep(self, delta: int) -> None:
         review = self.logic.review
         if review is None:
             return
         with slicer.util.tryWithErrorDisplay(_("Failed to load the case."), waitCursor=True):
-            job = review.step(delta)
-            self._showReviewItem()
-            if job is not None:
-                self._setRunning(True, _("Computing the heatmap..."))
-            elif review.nodes is not None:
-                self._showResults(review.nodes)
+            self._reviewItemShown(review.step(delta))
+
+    def _reviewItemShown(self, job) -> None:
+        review = self.logic.review
+        self._showReviewItem()
+        if job is not None:
+            self._setRunning(True, _("Computing the heatmap..."))
+        elif review.nodes is not None:
+            self._showResults(review.nodes)
 
     def _showReviewItem(self) -> None:
-        review = self.logic.review
-        item = review.queue.current
-        if item is None:
-            self.ui.reviewItemLabel.text = _("No case matches the filters.")
-            self.ui.evidenceLabel.text = ""
-            return
-        threshold = review.queue.threshold(item)
-        mark = review.feedback.get(item)
-        self.ui.reviewItemLabel.text = _(
-            "{i} / {n}: {case} {organ} {cls}: probability {p:.2f} (threshold {t:.2f}), "
-            "report label {label} -> {outcome}{mark}"
-        ).format(i=review.queue.index + 1, n=len(review.queue.items), case=item.case_id,
-                 organ=item.organ_key, cls=item.cls, p=item.probability, t=threshold,
-                 label=item.label, outcome=item.outcome(threshold),
-                 mark=f" [{mark['verdict']}]" if mark else "")  # fmt: skip
-        self.ui.evidenceLabel.text = item.evidence or _("(no report sentence)")
-        self.ui.commentLineEdit.text = mark["comment"] if mark else ""
+        shown = self.logic.review.describe()
+        self.ui.reviewItemLabel.text = shown["summary"]
+        self.ui.evidenceLabel.text = shown["evidence"]
+        self.ui.commentLineEdit.text = shown["comment"]
 
     def onMark(self, verdict: str) -> None:
         review = self.logic.review

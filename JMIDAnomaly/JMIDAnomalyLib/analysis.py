@@ -67,7 +67,7 @@ class OrganResult:
     volume_ml: float = 0.0
     scores: list[ClassScore] = field(default_factory=list)
     explained_class: str | None = None
-    heatmap: np.ndarray | None = None  # (z, y, x) on the CT grid
+    heatmap: np.ndarray | None = None  # (z, y, x) on the CT grid, zero outside the organ
 
     @property
     def key(self) -> str:
@@ -241,7 +241,11 @@ class AnomalyPredictor:
                 config.slices_per_sample, self.device,
             )  # fmt: skip
         result.explained_class = cls
-        result.heatmap = map_to_source(heat, crop.record, "linear", 0.0)
+        # Only the organ: occlusion windows and CAM cells reach past its edge, and what they
+        # give there is the window's score, not evidence outside the organ.
+        heat = map_to_source(np.where(crop.mask > 0, heat, 0.0), crop.record, "linear", 0.0)
+        organ = map_to_source(crop.mask, crop.record, "nearest", 0.0) > 0
+        result.heatmap = np.where(organ, heat, 0.0).astype(np.float32)
 
 
 def default_occlusion_window(grid_zyx) -> tuple[int, int, int]:

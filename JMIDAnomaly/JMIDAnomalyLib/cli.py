@@ -16,9 +16,11 @@ from . import __version__
 from .cli_models import (
     _add_analyze,
     _add_evaluate,
+    _add_review,
     _add_train,
     _run_analyze,
     _run_evaluate,
+    _run_review,
     _run_train,
 )
 from .errors import JMIDError
@@ -312,6 +314,8 @@ COMMANDS: dict[str, Command] = {
     "segment": ("segment organs with an nnU-Net v2 model folder", _add_segment, _run_segment),
     "labels": ("per-organ labels from radiology reports", _add_labels, _run_labels),
     "scene": ("write a Slicer scene with a CT and its organ segmentation", _add_scene, _run_scene),
+    "review": ("read cases and review errors in the browser (trame-slicer)", _add_review,
+               _run_review),
 }  # fmt: skip
 
 

@@ -27,6 +27,7 @@ from .scenes import CaseNodes, add_results_to_scene
 from .workerclient import WorkerClient, WorkerEvent
 
 SLICE_VIEWS = ("Red", "Yellow", "Green")
+ORGAN_FILL_OPACITY = 0.5  # Slicer's default 2D fill of segments
 
 
 @dataclass
@@ -218,9 +219,13 @@ class ReadingLogic:
 
     def show_heatmap(self, nodes: CaseNodes, key: str | None, opacity: float | None = None) -> None:
         """Show the CT in every slice view with ``key``'s heatmap as the foreground overlay
-        (None: no overlay); ``opacity`` 0..1 (default: keep the current one, 0.5 if none)."""
+        (None: no overlay); ``opacity`` 0..1 (default: keep the current one, 0.5 if none).
+        While a heatmap is shown the organs are drawn as outlines, without fill."""
         ensure_slice_views(self.scene)
         heatmap = nodes.heatmaps.get(key) if key else None
+        display = nodes.segmentation.GetDisplayNode() if nodes.segmentation else None
+        if display is not None:  # organ outlines only while a heatmap is on: both stay visible
+            display.SetOpacity2DFill(0.0 if heatmap else ORGAN_FILL_OPACITY)
         for composite in _composite_nodes(self.scene):
             composite.SetBackgroundVolumeID(nodes.volume.GetID())
             composite.SetForegroundVolumeID(heatmap.GetID() if heatmap else None)
@@ -235,17 +240,39 @@ class ReadingLogic:
             composite.SetForegroundOpacity(float(opacity))
 
     def select_score_row(self, nodes: CaseNodes, row: int) -> str:
-        """The organ of scores-table ``row``: centres the slice views on it and shows its
-        heatmap. Returns the organ key (``liver``, ``kidney_left``...)."""
+        """The organ of scores-table ``row``: centres the slice views where the model looked in
+        it (:meth:`centre_on_finding`) and shows its heatmap. Returns the organ key
+        (``liver``, ``kidney_left``...)."""
         table = nodes.scores.GetTable()
         if not 0 <= row < table.GetNumberOfRows():
             raise IndexError(f"row {row} is not in the scores table")
         organ = table.GetValueByName(row, "organ").ToString()
         side = table.GetValueByName(row, "side").ToString()
         key = organ_key(organ, side)
-        self.centre_on_organ(nodes, key)
+        self.centre_on_finding(nodes, key)
         self.show_heatmap(nodes, key if key in nodes.heatmaps else None)
         return key
+
+    def centre_on_finding(self, nodes: CaseNodes, key: str) -> tuple[float, float, float] | None:
+        """Centre every slice view where the model looked in the organ: the centroid of the
+        top 5 % of its heatmap (:func:`geometry.hot_spot_lps`); the organ's centre when it
+        has no heatmap or the heatmap is empty. Returns the point (RAS, mm) or None."""
+        import SimpleITK as sitk
+        from slicer import vtkMRMLSliceNode
+
+        from .geometry import Grid, hot_spot_lps
+
+        heatmap = nodes.heatmaps.get(key)
+        if heatmap is None:
+            return self.centre_on_organ(nodes, key)
+        image = mrml.volume_node_to_image(heatmap)
+        lps = hot_spot_lps(sitk.GetArrayViewFromImage(image), Grid.from_image(image))
+        if lps is None:
+            return self.centre_on_organ(nodes, key)
+        ras = (-float(lps[0]), -float(lps[1]), float(lps[2]))
+        ensure_slice_views(self.scene)
+        vtkMRMLSliceNode.JumpAllSlices(self.scene, *ras, vtkMRMLSliceNode.CenteredJumpSlice)
+        return ras
 
     def centre_on_organ(self, nodes: CaseNodes, key: str) -> tuple[float, float, float] | None:
         """Centre every slice view on the organ's segment; returns its centre (RAS, mm), or

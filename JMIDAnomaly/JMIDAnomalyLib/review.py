@@ -25,6 +25,10 @@ from .organs import organ_key
 
 VERDICTS = ("agree", "label_wrong", "model_wrong")
 OUTCOMES = ("FP", "FN", "TP", "TN")
+#: the outcome filters both review front ends offer (label -> outcomes)
+OUTCOME_CHOICES = {"false positives and negatives": ("FP", "FN"), "false positives": ("FP",),
+                   "false negatives": ("FN",), "true positives": ("TP",),
+                   "true negatives": ("TN",)}  # fmt: skip
 FEEDBACK_COLUMNS = ["case_id", "patient_id", "organ", "side", "class", "probability", "label",
                     "threshold", "outcome", "verdict", "comment", "marked_at"]  # fmt: skip
 
@@ -196,6 +200,24 @@ def case_files(data_root: str | os.PathLike, case_id: str) -> tuple[Path, Path, 
     return ct, seg, table
 
 
+def load_case(scene, data_root: str | os.PathLike, case_id: str):
+    """A data-root case's CT and organ segmentation as nodes of ``scene``: (volume, segmentation).
+    The nodes are named after the case id (the data root's pseudonymous file name)."""
+    from . import mrml
+    from .imageio import read_ct, read_label_map
+    from .labelmaps import read_label_names, select_organs
+
+    ct_path, seg_path, table = case_files(data_root, case_id)
+    ct = read_ct(ct_path)
+    volume = mrml.image_to_volume_node(ct, scene, case_id)
+    label_map, names = select_organs(read_label_map(seg_path, reference=ct),
+                                     read_label_names(table))  # fmt: skip
+    segmentation = mrml.label_map_to_segmentation_node(
+        label_map, names, scene, f"{case_id} organs", volume
+    )
+    return volume, segmentation
+
+
 class ReviewSession:
     """Error analysis in an MRML scene: one review item at a time, with its heatmap.
 
@@ -230,23 +252,11 @@ class ReviewSession:
     def show_current(self) -> str | None:
         """Load the current item's case into the scene. Returns the worker job computing its
         heatmap, or None when it came from the cache (or there is no item)."""
-        from . import mrml
-        from .imageio import read_ct, read_label_map
-        from .labelmaps import read_label_names, select_organs
-
         self.clear()
         item = self.queue.current
         if item is None:
             return None
-        ct_path, seg_path, table = case_files(self.data_root, item.case_id)
-        scene = self.reading.scene
-        ct = read_ct(ct_path)
-        volume = mrml.image_to_volume_node(ct, scene, item.case_id)
-        label_map, names = select_organs(read_label_map(seg_path, reference=ct),
-                                         read_label_names(table))  # fmt: skip
-        segmentation = mrml.label_map_to_segmentation_node(
-            label_map, names, scene, f"{item.case_id} organs", volume
-        )
+        volume, segmentation = load_case(self.reading.scene, self.data_root, item.case_id)
         self._shown = [volume, segmentation]
         folder = self.cache / f"{item.case_id}_{item.organ_key}_{item.cls}"
         if (folder / "scores.json").is_file():
@@ -269,17 +279,50 @@ class ReviewSession:
         return True
 
     def take(self, nodes) -> None:
-        """Show ``nodes`` (the current item's results): its organ centred, its heatmap on."""
+        """Show ``nodes`` (the current item's results): its heatmap on, the views centred where
+        the model looked."""
         self.nodes = nodes
         self._shown += [nodes.scores, nodes.report, *nodes.heatmaps.values()]
         key = self.queue.current.organ_key
-        self.reading.centre_on_organ(nodes, key)
+        self.reading.centre_on_finding(nodes, key)
         self.reading.show_heatmap(nodes, key if key in nodes.heatmaps else None)
 
     def step(self, delta: int) -> str | None:
         """Go ``delta`` items forward (negative: back) and show that item."""
         self.queue.step(delta)
         return self.show_current()
+
+    def filter(self, organ: str | None = None, cls: str | None = None,
+               outcomes: str | tuple = "false positives and negatives",
+               threshold: float | None = None) -> str | None:  # fmt: skip
+        """Select the items to review (``outcomes``: an :data:`OUTCOME_CHOICES` label or a tuple
+        of outcomes; ``threshold`` 0 or None: each bundle's) and show the first."""
+        if isinstance(outcomes, str):
+            if outcomes not in OUTCOME_CHOICES:
+                choices = list(OUTCOME_CHOICES)
+                raise ValueError(f"unknown outcome filter {outcomes!r}; use {choices}")
+            outcomes = OUTCOME_CHOICES[outcomes]
+        self.queue.select(organ or None, cls or None, outcomes, threshold or None)
+        return self.show_current()
+
+    def describe(self) -> dict:
+        """What a front end shows of the current item: ``summary`` (one line), ``evidence`` (the
+        report sentence), ``verdict`` and ``comment`` of an earlier mark, ``position``/``total``."""
+        item = self.queue.current
+        if item is None:
+            return {"summary": "No case matches the filters.", "evidence": "", "verdict": "",
+                    "comment": "", "position": 0, "total": 0}  # fmt: skip
+        threshold = self.queue.threshold(item)
+        mark = self.feedback.get(item) or {}
+        position, total = self.queue.index + 1, len(self.queue.items)
+        summary = (
+            f"{position} / {total}: {item.case_id} {item.organ_key} {item.cls}: probability "
+            f"{item.probability:.2f} (threshold {threshold:.2f}), report label {item.label} -> "
+            f"{item.outcome(threshold)}" + (f" [{mark['verdict']}]" if mark else "")
+        )
+        return {"summary": summary, "evidence": item.evidence or "(no report sentence)",
+                "verdict": mark.get("verdict", ""), "comment": mark.get("comment", ""),
+                "position": position, "total": total}  # fmt: skip
 
     def mark(self, verdict: str, comment: str = "") -> dict:
         """Record the reader's verdict on the current item (saved at once)."""

@@ -159,3 +159,19 @@ def scores_table_node(scene, organs: list[dict], name: str):
             columns["spread"].InsertNextValue(score["spread"])
     node.Modified()
     return node
+
+
+def score_rows(node) -> list[dict]:
+    """The rows of a scores table node (:func:`scores_table_node`) as dicts, in table order."""
+    table = node.GetTable()
+    rows = []
+    for r in range(table.GetNumberOfRows()):
+        row = {}
+        for column in SCORE_COLUMNS:
+            value = table.GetValueByName(r, column)
+            if column in ("organ", "side", "class"):
+                row[column] = value.ToString()
+            else:
+                row[column] = value.ToInt() if column == "flag" else value.ToDouble()
+        rows.append(row)
+    return rows

@@ -25,7 +25,7 @@ from JMIDAnomalyLib.imageio import read_image, write_image
 from JMIDAnomalyLib.labelmaps import select_organs
 from JMIDAnomalyLib.mrml import HEATMAP_COLOR_NODE_ID, load_scene, volume_node_to_image
 from JMIDAnomalyLib.organs import ORGAN_CLASSES
-from JMIDAnomalyLib.scenes import SCORE_COLUMNS
+from JMIDAnomalyLib.scenes import SCORE_COLUMNS, score_rows
 from JMIDAnomalyLib.trainconfig import TrainConfig
 from JMIDAnomalyLib.trainjob import train
 from test_geometry import ORIENTATIONS
@@ -116,7 +116,18 @@ def analyze_in(orientation, predictor, image, seg, names, folder: Path):
     heat = read_image(folder / "out" / "heatmap_liver.nii.gz")
     ct_grid = Grid.from_image(read_image(folder / "ct.nii.gz"))
     assert Grid.from_image(heat).difference(ct_grid) is None, "heatmap off the CT's grid"
+    assert_inside_liver(sitk.GetArrayFromImage(heat), read_image(folder / "seg.nii.gz"), names)
     return {s.cls: s.probability for s in liver.scores}, liver.explained_class, heat
+
+
+def assert_inside_liver(heat_zyx: np.ndarray, seg: sitk.Image, names: dict) -> None:
+    """A heatmap is zero outside the organ (two voxels of resampling allowed)."""
+    from scipy.ndimage import binary_dilation, generate_binary_structure
+
+    value = next(k for k, v in names.items() if v == "liver")
+    cube = generate_binary_structure(3, 3)
+    liver = binary_dilation(sitk.GetArrayFromImage(seg) == value, cube, iterations=2)
+    assert heat_zyx[liver].max() > 0 and not heat_zyx[~liver].any(), "heatmap outside the liver"
 
 
 def hot_centre(heat: sitk.Image) -> np.ndarray:
@@ -190,6 +201,7 @@ def test_results_folder_scene_and_hirescam(predictor, example_ct, organs_seg, tm
     assert all(len(s["fold_probabilities"]) == 2 for s in liver["scores"])
     heat = sitk.GetArrayFromImage(read_image(out / "heatmap_liver.nii.gz"))
     assert heat.min() >= 0 and heat.max() > 0
+    assert_inside_liver(heat, seg, names)
     assert (out / "overview.png").stat().st_size > 10_000
     scene = load_scene(out / "scene.mrb")
     names_in_scene = {scene.GetNthNode(i).GetName() for i in range(scene.GetNumberOfNodes())}
@@ -206,13 +218,12 @@ def test_results_folder_scene_and_hirescam(predictor, example_ct, organs_seg, tm
     table = scene.GetFirstNodeByName("CT scores").GetTable()
     columns = [table.GetColumn(i).GetName() for i in range(table.GetNumberOfColumns())]
     assert columns == list(SCORE_COLUMNS)
-    rows = {table.GetValueByName(r, "class").ToString(): r for r in range(table.GetNumberOfRows())}
+    rows = {r["class"]: r for r in score_rows(scene.GetFirstNodeByName("CT scores"))}
     assert set(rows) == set(ORGAN_CLASSES["liver"])
     for entry in liver["scores"]:
         r = rows[entry["class"]]
-        assert table.GetValueByName(r, "organ").ToString() == "liver"
-        assert abs(table.GetValueByName(r, "probability").ToDouble() - entry["probability"]) < 1e-4
-        assert table.GetValueByName(r, "flag").ToInt() == int(entry["flag"])
+        assert r["organ"] == "liver" and abs(r["probability"] - entry["probability"]) < 1e-4
+        assert r["flag"] == int(entry["flag"])
 
 
 def test_bad_inputs_get_clear_messages(bundle, predictor, example_ct, organs_seg, reference_data,

@@ -11,15 +11,17 @@ import time
 
 import numpy as np
 import pytest
+import vtk
 from conftest import REPO
 from JMIDAnomalyLib.geometry import Grid
 from JMIDAnomalyLib.imageio import read_ct
 from JMIDAnomalyLib.mrml import HEATMAP_COLOR_NODE_ID, image_to_volume_node, volume_node_to_image
 from JMIDAnomalyLib.reading import ReadingLogic, ensure_slice_views
 from JMIDAnomalyLib.review import FEEDBACK_COLUMNS, FeedbackLog, ReviewQueue, ReviewSession
-from JMIDAnomalyLib.scenes import import_segmentation_for_volume
+from JMIDAnomalyLib.scenes import import_segmentation_for_volume, score_rows
 from JMIDAnomalyLib.trainerlogic import TrainerLogic
 from slicer import vtkMRMLScene
+from vtk.util.numpy_support import vtk_to_numpy
 
 
 @pytest.fixture
@@ -68,26 +70,37 @@ def test_apply_runs_in_the_worker_and_fills_the_scene(reading, demo_run):
     assert all(c.GetForegroundVolumeID() == heat.GetID() for c in composites)
     assert all(c.GetBackgroundVolumeID() == volume.GetID() for c in composites)
     # Scores table equals what the worker computed; the report is in the scene.
-    table = nodes.scores.GetTable()
     organs = result.data["result"]["organs"]
     expected = [(o["organ"], s["class"], s["probability"]) for o in organs for s in o["scores"]]
-    got = [(table.GetValueByName(r, "organ").ToString(), table.GetValueByName(r, "class")
-            .ToString(), table.GetValueByName(r, "probability").ToDouble())
-           for r in range(table.GetNumberOfRows())]  # fmt: skip
+    got = [(r["organ"], r["class"], r["probability"]) for r in score_rows(nodes.scores)]
     assert [g[:2] for g in got] == [e[:2] for e in expected]
     assert np.allclose([g[2] for g in got], [e[2] for e in expected], atol=1e-5)
     assert nodes.report.GetText() == report and nodes.report.GetName() == "Case A report"
-    # Selecting a row centres every slice view on the organ and shows its heatmap.
-    reading.show_heatmap(nodes, None)
-    assert reading.select_score_row(nodes, 0) == "liver"
-    centre = segmentation.GetSegmentCenterRAS(
-        segmentation.GetSegmentation().GetSegmentIdBySegmentName("liver")
-    )
+    # Centring on the organ puts every slice view through its segment's centre.
     red, yellow, green = ensure_slice_views(scene)
-    assert abs(red.GetSliceToRAS().GetElement(2, 3) - centre[2]) < 1e-3
-    assert abs(yellow.GetSliceToRAS().GetElement(0, 3) - centre[0]) < 1e-3
-    assert abs(green.GetSliceToRAS().GetElement(1, 3) - centre[1]) < 1e-3
+
+    def assert_centred(ras):
+        assert abs(red.GetSliceToRAS().GetElement(2, 3) - ras[2]) < 1e-3
+        assert abs(yellow.GetSliceToRAS().GetElement(0, 3) - ras[0]) < 1e-3
+        assert abs(green.GetSliceToRAS().GetElement(1, 3) - ras[1]) < 1e-3
+
+    reading.centre_on_organ(nodes, "liver")
+    assert_centred(segmentation.GetSegmentCenterRAS(
+        segmentation.GetSegmentation().GetSegmentIdBySegmentName("liver")))  # fmt: skip
+    # Selecting a row shows its heatmap, organs as outlines, and centres the views where the
+    # model looked: the centroid of the heatmap's top 5 %, computed here from the node's voxels.
+    reading.show_heatmap(nodes, None)
+    assert segmentation.GetDisplayNode().GetOpacity2DFill() > 0
+    assert reading.select_score_row(nodes, 0) == "liver"
     assert composites[0].GetForegroundVolumeID() == heat.GetID()
+    assert segmentation.GetDisplayNode().GetOpacity2DFill() == 0
+    dims = heat.GetImageData().GetDimensions()
+    voxels = vtk_to_numpy(heat.GetImageData().GetPointData().GetScalars()).reshape(dims[::-1])
+    top = voxels >= np.quantile(voxels[voxels > 0], 0.95)
+    ijk = [*np.argwhere(top)[:, ::-1].mean(axis=0), 1.0]
+    matrix = vtk.vtkMatrix4x4()
+    heat.GetIJKToRASMatrix(matrix)
+    assert_centred([sum(matrix.GetElement(r, c) * ijk[c] for c in range(4)) for r in range(3)])
     reading.set_heatmap_opacity(0.3)
     assert all(abs(c.GetForegroundOpacity() - 0.3) < 1e-6 for c in composites)
     # Temporary CT copies and results are gone; shutting down removes the work folder.

@@ -1,0 +1,235 @@
+"""The browser review end to end: the installed ``jmid review`` (trame-slicer, offscreen VTK)
+against the demo bundle, driven by headless Chromium through Playwright.
+
+Screenshots go to ``$JMID_TEST_ARTIFACTS`` (default ``Testing/artifacts/``, git-ignored).
+Chromium comes from Debian (``chromium``; ``scripts/setup.sh`` installs it where it can). The
+test skips without it, unless ``JMID_REQUIRE_BROWSER=1`` (CI), where it fails.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO
+from JMIDAnomalyLib.organs import ORGAN_CLASSES
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("JMID_TEST_ARTIFACTS", REPO / "Testing" / "artifacts"))
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+@pytest.fixture
+def page():
+    if not Path(CHROMIUM).exists():
+        message = "Debian's chromium is not installed (scripts/setup.sh installs it as root)"
+        if os.environ.get("JMID_REQUIRE_BROWSER") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1440, "height": 1080})
+        page.set_default_timeout(60_000)
+        yield page
+        browser.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def review_server(demo_run, jmid_command, tmp_path):
+    """``jmid review`` on the demo's predictions; yields (url, feedback CSV, process)."""
+    _, demo, _ = demo_run
+    feedback = tmp_path / "feedback.csv"
+    command = [*jmid_command, "review", "--bundle", str(demo / "training" / "liver" / "bundle"),
+               "--cases", str(demo / "evaluation" / "liver" / "predictions.csv"),
+               "--data-root", str(demo / "cohort"), "--feedback", str(feedback)]  # fmt: skip
+    url, process = _serve(command, tmp_path / "review.log")
+    yield url, feedback, process
+    _stop(process)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+def _settled(locator, previous: bytes | None = None, timeout: float = 20.0) -> bytes:
+    """A screenshot once the streamed views stopped changing (and differ from ``previous``)."""
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        time.sleep(0.7)
+        shot = locator.screenshot()
+        if shot == last and shot != previous:
+            return shot
+        last = shot
+    return last
+
+
+def _choose(page, field_id: str, text: str) -> None:
+    """Pick ``text`` in a Vuetify select."""
+    page.locator(f".v-field:has(#{field_id})").click()
+    page.locator(".v-overlay .v-list-item-title").get_by_text(text, exact=True).click()
+
+
+def _save(name: str, png: bytes) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / name).write_bytes(png)
+
+
+def test_browser_review_reads_a_case_and_marks_a_false_positive(review_server, page, demo_run):
+    url, feedback, process = review_server
+    _, demo, _ = demo_run
+    page.goto(url)
+    views = page.locator(".v-main")
+    # Load a case from the predictions CSV and analyze it in the background worker.
+    page.locator(".v-field:has(#case-select)").click()
+    case = page.locator(".v-overlay .v-list-item-title").first.inner_text()
+    page.locator(".v-overlay .v-list-item-title").first.click()
+    page.locator("#status", has_text=f"{case} loaded").wait_for()
+    page.click("#analyze")
+    from playwright.sync_api import expect
+
+    expect(page.locator("#cancel")).to_be_enabled()  # running: the page is live meanwhile
+    page.locator("#score-row-0").wait_for(timeout=180_000)
+    page.locator("#status", has_text="Done.").wait_for()
+    rows = page.locator("#scores tbody tr")
+    cells = [rows.nth(i).locator("td").all_inner_texts() for i in range(rows.count())]
+    assert {c[0] for c in cells} == {"liver"}
+    assert [c[1] for c in cells] == list(ORGAN_CLASSES["liver"])
+    assert all(0 <= float(c[2]) <= 1 and 0 < float(c[3]) <= 1 for c in cells)
+    # Select the organ: the views centre where the model looked and show its heatmap.
+    page.click("#score-row-0")
+    page.locator("#status", has_text="Centred on liver").wait_for()
+    thumb = page.locator(".v-slider:has(#opacity) .v-slider-thumb")
+    thumb.focus()
+    page.keyboard.press("Home")  # opacity 0: the heatmap layer is invisible
+    hidden = _settled(views)
+    page.keyboard.press("End")  # opacity 1
+    shown = _settled(views, hidden)
+    changed = np.abs(_pixels(shown) - _pixels(hidden)).max(axis=2) > 40
+    assert changed.sum() > 200, "the heatmap overlay did not appear in the slice views"
+    _save("review-heatmap.png", shown)
+    page.locator("#overlay").uncheck()
+    off = _settled(views, shown)
+    assert (np.abs(_pixels(off) - _pixels(shown)).max(axis=2) > 40).sum() > 200
+    page.locator("#overlay").check()
+    _settled(views, off)
+    # Error analysis: false positives only, step to the second one, mark it.
+    _choose(page, "review-outcome", "false positives")
+    page.click("#review-next")
+    page.locator("#review-item", has_text="1 /").wait_for()
+    assert "-> FP" in page.inner_text("#review-item")
+    page.locator("#status", has_text="Done.").wait_for(timeout=180_000)
+    page.click("#review-next")
+    page.locator("#review-item", has_text="2 /").wait_for()
+    page.locator("#status", has_text="Done.").wait_for(timeout=180_000)
+    item = page.inner_text("#review-item")
+    assert "-> FP" in item and page.inner_text("#evidence")
+    page.fill("#comment", "heatmap on the gallbladder")
+    page.click("#mark-model_wrong")
+    page.locator("#marks", has_text="1 marks saved").wait_for()
+    _save("review-error-analysis.png", page.screenshot())
+    with feedback.open(encoding="utf-8", newline="") as f:
+        marks = list(csv.DictReader(f))
+    assert len(marks) == 1
+    mark = marks[0]
+    assert (mark["verdict"], mark["outcome"], mark["comment"]) == (
+        "model_wrong", "FP", "heatmap on the gallbladder")  # fmt: skip
+    assert item.split(": ")[1].startswith(f"{mark['case_id']} liver {mark['class']}")
+    with (demo / "evaluation" / "liver" / "predictions.csv").open(encoding="utf-8") as f:
+        predicted = {(r["case_id"], r["class"]): r for r in csv.DictReader(f)}
+    source = predicted[(mark["case_id"], mark["class"])]
+    assert abs(float(mark["probability"]) - float(source["probability"])) < 1e-4
+    assert float(mark["probability"]) >= float(mark["threshold"]) and source["label"] == "0"
+    # The keyboard marks too (A = agree), replacing the earlier verdict of the same item.
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("a")
+    page.locator("#review-item", has_text="[agree]").wait_for()
+    with feedback.open(encoding="utf-8", newline="") as f:
+        assert [r["verdict"] for r in csv.DictReader(f)] == ["agree"]
+    assert process.poll() is None
+
+
+def _serve(command: list[str], log_path: Path) -> tuple[str, subprocess.Popen]:
+    """Start ``command`` + ``--port P``; returns (url, process) once it answers."""
+    port = _free_port()
+    log = log_path.open("w")
+    process = subprocess.Popen([*command, "--port", str(port)], stdout=log,
+                               stderr=subprocess.STDOUT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return url, process
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail("jmid review did not serve:\n" + log_path.read_text())
+            time.sleep(0.5)
+
+
+def test_browser_review_of_one_ct(demo_run, jmid_command, page, tmp_path):
+    """``--ct`` with its organ label map: the CT is on show at once; Analyze gives scores."""
+    _, demo, _ = demo_run
+    cohort = demo / "cohort"
+    case = sorted((cohort / "images").glob("*.nii.gz"))[-1].name.removesuffix(".nii.gz")
+    command = [*jmid_command, "review", "--bundle", str(demo / "training" / "liver" / "bundle"),
+               "--ct", str(cohort / "images" / f"{case}.nii.gz"),
+               "--seg", str(cohort / "segs" / f"{case}.nii.gz"),
+               "--seg-labels", str(cohort / "labels.json"), "--explain", "none"]  # fmt: skip
+    url, process = _serve(command, tmp_path / "review.log")
+    try:
+        page.goto(url)
+        page.locator("#status", has_text=f"{case} loaded").wait_for()
+        assert page.locator("#review").count() == 0  # no predictions: no error analysis
+        page.click("#analyze")
+        page.locator("#score-row-0").wait_for(timeout=180_000)
+        assert page.locator("#scores tbody tr").count() == len(ORGAN_CLASSES["liver"])
+        page.click("#score-row-0")
+        page.locator("#status", has_text="Centred on liver").wait_for()
+    finally:
+        _stop(process)
+
+
+def test_review_command_rejects_bad_input(demo_run, jmid_command, tmp_path):
+    _, demo, _ = demo_run
+    bundle = str(demo / "training" / "liver" / "bundle")
+    predictions = str(demo / "evaluation" / "liver" / "predictions.csv")
+    cases = [
+        (["--bundle", str(tmp_path / "none"), "--cases", predictions], "none"),
+        (["--bundle", bundle, "--cases", predictions], "--data-root"),
+        (["--bundle", bundle, "--ct", str(tmp_path / "ct.nii.gz")], "ct.nii.gz"),
+    ]
+    for args, named in cases:
+        result = subprocess.run([*jmid_command, "review", *args, "--port", "0"],
+                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert "error:" in result.stderr and named in result.stderr
+        assert "Traceback" not in result.stderr
