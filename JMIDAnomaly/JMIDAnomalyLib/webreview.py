@@ -271,9 +271,9 @@ class ReviewApp:
             self.state.progress = 0
 
     def _on_event(self, event) -> None:
-        if event.kind == "log":
+        if event.kind in ("log", "progress", "error"):  # the page's log: all the worker said
             self.state.log = [*self.state.log, event.message][-LOG_LINES:]
-        elif event.kind == "progress":
+        if event.kind == "progress":
             self.state.progress = round(100 * event.data["fraction"])
             self.state.status = event.message
         elif event.kind in ("result", "error", "cancelled"):

@@ -30,7 +30,7 @@ def build_ui(app):
     """Build the page of ``app`` (:class:`webreview.ReviewApp`); returns the layout."""
     with SinglePageWithDrawerLayout(app.server, full_height=True) as layout:
         layout.title.set_text("JMID Anomaly")
-        layout.drawer.width = 460
+        layout.drawer.width = 500
         with layout.toolbar:
             v.VSpacer()
             if app.options.cases:
@@ -61,6 +61,10 @@ def _status(app) -> None:
         html.Div("{{ status }}", id="status", classes="text-body-2")
         v.VAlert(v_if="error", text=("error",), type="error", density="compact", id="error",
                  classes="mt-2")  # fmt: skip
+        with v.VExpansionPanels(classes="mt-2"), v.VExpansionPanel(title="Worker log"):
+            with v.VExpansionPanelText():
+                html.Pre("{{ log.join('\\n') }}", id="log",
+                         style="font-size: 11px; max-height: 200px; overflow: auto")  # fmt: skip
 
 
 def _scores(app) -> None:

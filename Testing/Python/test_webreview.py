@@ -196,7 +196,8 @@ def _serve(command: list[str], log_path: Path) -> tuple[str, subprocess.Popen]:
 
 
 def test_browser_review_of_one_ct(demo_run, jmid_command, page, tmp_path):
-    """``--ct`` with its organ label map: the CT is on show at once; Analyze gives scores."""
+    """``--ct`` with its organ label map: the CT is on show at once; Cancel stops an analysis;
+    Analyze gives scores; the worker's log is on the page."""
     _, demo, _ = demo_run
     cohort = demo / "cohort"
     case = sorted((cohort / "images").glob("*.nii.gz"))[-1].name.removesuffix(".nii.gz")
@@ -209,11 +210,18 @@ def test_browser_review_of_one_ct(demo_run, jmid_command, page, tmp_path):
         page.goto(url)
         page.locator("#status", has_text=f"{case} loaded").wait_for()
         assert page.locator("#review").count() == 0  # no predictions: no error analysis
+        # Cancel stops the worker (it is still loading the models); Analyze works again.
+        page.click("#analyze")
+        page.click("#cancel")
+        page.locator("#status", has_text="Cancelled.").wait_for()
+        assert page.locator("#score-row-0").count() == 0
         page.click("#analyze")
         page.locator("#score-row-0").wait_for(timeout=180_000)
         assert page.locator("#scores tbody tr").count() == len(ORGAN_CLASSES["liver"])
         page.click("#score-row-0")
         page.locator("#status", has_text="Centred on liver").wait_for()
+        page.get_by_text("Worker log").click()
+        assert "analyzing the liver" in page.inner_text("#log")
     finally:
         _stop(process)
 
