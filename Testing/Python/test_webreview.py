@@ -65,6 +65,15 @@ def review_server(demo_run, jmid_command, tmp_path):
     _stop(process)
 
 
+def _own_addresses() -> list[str]:
+    """This machine's non-loopback IPv4 addresses (``hostname -I``; none is fine)."""
+    try:
+        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout
+    except OSError:
+        return []
+    return [a for a in out.split() if "." in a and not a.startswith("127.")]
+
+
 def _stop(process: subprocess.Popen) -> None:
     process.terminate()
     try:
@@ -207,6 +216,11 @@ def test_browser_review_of_one_ct(demo_run, jmid_command, page, tmp_path):
                "--seg-labels", str(cohort / "labels.json"), "--explain", "none"]  # fmt: skip
     url, process = _serve(command, tmp_path / "review.log")
     try:
+        # Served on 127.0.0.1 only: the machine's other addresses refuse the port.
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        for address in _own_addresses():
+            with pytest.raises(OSError), socket.create_connection((address, port), timeout=2):
+                pass
         page.goto(url)
         page.locator("#status", has_text=f"{case} loaded").wait_for()
         assert page.locator("#review").count() == 0  # no predictions: no error analysis
