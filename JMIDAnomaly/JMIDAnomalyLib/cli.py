@@ -218,7 +218,12 @@ def _add_crop(parser: argparse.ArgumentParser) -> None:
         help="grid and 2.5D layout: published 64x256x256, demo 24x64x64",
     )
     parser.add_argument("--mode", choices=("mask", "box"), help="mask (default) or bounding box")
-    parser.add_argument("--margin-mm", type=float, help="mask dilation / box margin (default 3 mm)")
+    parser.add_argument(
+        "--margin-mm",
+        type=float,
+        help="mask dilation / box margin (default 3 mm; negative: mask erosion)",
+    )
+    parser.add_argument("--fill-hu", type=float, help="HU outside the mask (default: air)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")  # fmt: skip
 
 
@@ -230,7 +235,9 @@ def _run_crop(args: argparse.Namespace) -> int:
 
     config = CropConfig.preset(args.preset)
     overrides = {
-        k: v for k, v in (("mode", args.mode), ("margin_mm", args.margin_mm)) if v is not None
+        k: v
+        for k, v in (("mode", args.mode), ("margin_mm", args.margin_mm), ("fill_hu", args.fill_hu))
+        if v is not None
     }
     config = replace(config, **overrides)
     organs = tuple(o.strip() for o in args.organs.split(",") if o.strip())

@@ -48,7 +48,10 @@ class CropConfig:
     Attributes:
         mode: ``mask`` (organ mask dilated by ``margin_mm``, the rest set to air) or ``box``
             (the bounding box grown by ``margin_mm``).
-        margin_mm: dilation / box margin in mm.
+        margin_mm: dilation / box margin in mm. In ``mask`` mode a negative margin erodes: the
+            crop keeps the organ's interior only, without its border and its neighbours.
+        fill_hu: in ``mask`` mode, what the voxels outside the mask become (HU); None: air
+            (the window's low end, as published). A tissue value hides the organ's outline.
         hu_window: (low, high) HU mapped to -1..1.
         grid_zyx: target array shape (z, y, x); the crop's physical extent is kept.
         samples: 2.5D samples per crop.
@@ -57,6 +60,7 @@ class CropConfig:
 
     mode: str = "mask"
     margin_mm: float = 3.0
+    fill_hu: float | None = None
     hu_window: tuple[float, float] = (-200.0, 400.0)
     grid_zyx: tuple[int, int, int] = (64, 256, 256)
     samples: int = 32
@@ -67,8 +71,10 @@ class CropConfig:
             raise InputError("crop mode", f"must be 'mask' or 'box', not '{self.mode}'")
         if self.hu_window[1] <= self.hu_window[0]:
             raise InputError("hu_window", f"low must be below high, got {self.hu_window}")
-        if min(self.grid_zyx) < 1 or self.margin_mm < 0:
+        if min(self.grid_zyx) < 1 or (self.margin_mm < 0 and self.mode == "box"):
             raise InputError("crop grid", f"bad grid {self.grid_zyx} or margin {self.margin_mm}")
+        if self.fill_hu is not None and self.mode != "mask":
+            raise InputError("fill_hu", "only a mask-mode crop has voxels outside the mask")
         if self.slices_per_sample > self.grid_zyx[0] or self.samples < 1:
             raise InputError("2.5D layout", "more slices per sample than the grid has slices")
 
@@ -212,7 +218,8 @@ def crop_organs(
                 lut[value] = index
     organ_index = lut[labels]
     set_boxes = ndimage.find_objects(organ_index, max_label=len(label_sets))
-    margin_vox = np.ceil(config.margin_mm / np.asarray(grid.spacing)).astype(int)  # (i, j, k)
+    # The box holds the whole organ; a negative (eroding) margin only shrinks what is kept.
+    margin_vox = np.ceil(max(config.margin_mm, 0.0) / np.asarray(grid.spacing)).astype(int)
     size = np.asarray(grid.size)
     crops = []
     for target in targets:
@@ -271,12 +278,13 @@ def _fill_crop(crop, ct, sub_mask, mask_lower, lo, hi, config: CropConfig) -> No
     low, high = config.hu_window
     windowed = np.clip((image - low) / (high - low) * 2.0 - 1.0, -1.0, 1.0).astype(np.float32)
     if config.mode == "mask":
-        # Dilate on the coarser of the two grids (fewer voxels), then bring it to the target.
+        # Grow (or shrink) on the coarser of the two grids (fewer voxels), then to the target.
         if np.prod(source.size) < np.prod(target.size):
-            dilated = _resample_mask(_dilate(mask_box, config.margin_mm, source), source, target)
+            kept = _resample_mask(_grow(mask_box, config.margin_mm, source), source, target)
         else:
-            dilated = _dilate(mask, config.margin_mm, target)
-        windowed[dilated == 0] = -1.0
+            kept = _grow(mask, config.margin_mm, target)
+        fill = -1.0 if config.fill_hu is None else (config.fill_hu - low) / (high - low) * 2 - 1
+        windowed[kept == 0] = float(np.clip(fill, -1.0, 1.0))
     crop.image = windowed
     crop.mask = mask
     crop.record = record.with_crop_grid(target)
@@ -289,13 +297,17 @@ def _resample_mask(mask: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
     )
 
 
-def _dilate(mask: np.ndarray, margin_mm: float, grid: Grid) -> np.ndarray:
-    """Grow a (z, y, x) mask by ``margin_mm`` along each axis (separable maximum filter: a
-    box-shaped structuring element of +/- margin, fast on any grid)."""
-    radius = np.floor(margin_mm / np.asarray(grid.spacing)[::-1] + 0.5).astype(int)
+def _grow(mask: np.ndarray, margin_mm: float, grid: Grid) -> np.ndarray:
+    """Grow a (z, y, x) mask by ``margin_mm`` along each axis, or shrink it when the margin is
+    negative (separable maximum / minimum filter: a box-shaped structuring element of
+    +/- margin, fast on any grid)."""
+    radius = np.floor(abs(margin_mm) / np.asarray(grid.spacing)[::-1] + 0.5).astype(int)
     if not radius.any():
         return mask
-    return ndimage.maximum_filter(mask, size=tuple(2 * radius + 1))
+    size = tuple(2 * radius + 1)
+    if margin_mm < 0:
+        return ndimage.minimum_filter(mask, size=size, mode="constant", cval=0)
+    return ndimage.maximum_filter(mask, size=size)
 
 
 def sample_indices(depth: int, samples: int, slices: int) -> np.ndarray:

@@ -10,6 +10,7 @@ import SimpleITK as sitk
 from JMIDAnomalyLib.cli import main
 from JMIDAnomalyLib.cropcache import CropCache
 from JMIDAnomalyLib.crops import CropConfig, crop_organs, make_25d, sample_indices
+from JMIDAnomalyLib.errors import InputError
 from JMIDAnomalyLib.geometry import Grid, centroid_lps, map_to_source
 
 DEMO = CropConfig.preset("demo")
@@ -117,6 +118,32 @@ def test_mask_mode_sets_air_outside_box_mode_keeps_tissue(example_ct, example_se
     outside = mask["spleen"].image[mask["spleen"].mask == 0]
     assert np.mean(outside == -1.0) > 0.5
     assert np.mean(box["spleen"].image == -1.0) < np.mean(mask["spleen"].image == -1.0)
+
+
+def test_negative_margin_keeps_the_interior_and_fill_hides_the_outline(example_ct, example_seg,
+                                                                        label_names):  # fmt: skip
+    """margin_mm < 0 erodes the kept region; fill_hu replaces air outside it."""
+    from scipy.ndimage import binary_erosion
+
+    def liver(config):
+        return crop_organs(example_ct, example_seg, label_names, ("liver",), config)[0]
+
+    whole = liver(replace(DEMO, margin_mm=0.0))  # same box: an eroding margin never shrinks it
+    inner = liver(replace(DEMO, margin_mm=-6.0, fill_hu=100.0))
+    assert inner.image.shape == whole.image.shape and np.array_equal(inner.mask, whole.mask)
+    fill = (100.0 + 200.0) / 600.0 * 2.0 - 1.0  # 100 HU in the -200..400 window
+    assert np.allclose(inner.image[inner.mask == 0], fill)  # outside the organ: tissue, not air
+    assert not np.any(inner.image == -1.0)
+    border = inner.mask.astype(bool) & ~binary_erosion(inner.mask, iterations=1)
+    assert np.allclose(inner.image[border], fill)  # the organ's outline is hidden too
+    # Deep inside (away from the outline and from the vessels the liver label leaves out) the
+    # CT is untouched.
+    deep = binary_erosion(inner.mask, iterations=6)
+    assert deep.sum() > 500 and np.array_equal(inner.image[deep], whole.image[deep])
+    with pytest.raises(InputError):
+        replace(DEMO, mode="box", margin_mm=-1.0)
+    with pytest.raises(InputError):
+        replace(DEMO, mode="box", fill_hu=0.0)
 
 
 def test_25d_samples():

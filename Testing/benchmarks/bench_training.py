@@ -8,7 +8,8 @@ epoch of data loading alone against one epoch of training (cases/s) to show whet
 starves the model.
 
 Usage: .venv/bin/python Testing/benchmarks/bench_training.py [--cases 300] [--epochs 12]
-       [--work DIR]
+       [--work DIR] [--lr 3e-4] [--model mil_small] [--class-weighting]
+       [--margin-mm -6 --fill-hu 94]   (organ interior only, outline hidden: see README)
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ def main() -> int:
     parser.add_argument("--model", default="mil_small")
     parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
     parser.add_argument("--class-weighting", action="store_true", help="weight positives")
+    parser.add_argument("--margin-mm", type=float, help="crop margin (negative: organ interior)")
+    parser.add_argument("--fill-hu", type=float, help="HU outside the kept region (default air)")
     args = parser.parse_args()
     work = args.work
     if not (work / "cohort" / "cohort.json").exists():
@@ -62,6 +65,11 @@ def main() -> int:
         augment=not args.no_augment,
         class_weighting=args.class_weighting,
         tensorboard=False,
+        crop={
+            k: v
+            for k, v in (("margin_mm", args.margin_mm), ("fill_hu", args.fill_hu))
+            if v is not None
+        },
     )
     t = time.perf_counter()
     samples, _ = load_samples(config)
