@@ -2,14 +2,18 @@
 training against data-loading throughput.
 
 Builds a cohort (default 300 cases, so the planted liver classes reach 15 positives), imports its
-labels, trains the liver ensemble (5 folds, mil_tiny) and prints the out-of-fold AUC of each
+labels, trains the liver ensemble (5 folds, mil_small) and prints the out-of-fold AUC of each
 liver class with at least 15 positives (target >= 0.85, all folds in < 10 min), then times one
 epoch of data loading alone against one epoch of training (cases/s) to show whether loading
 starves the model.
 
+The defaults are the demo's training recipe (``demo.DEMO_TRAINING``: the organ's interior only,
+lr 1e-3, positives weighted); ``--published-crop --no-class-weighting --lr 3e-4`` is the
+published-style recipe for comparison.
+
 Usage: .venv/bin/python Testing/benchmarks/bench_training.py [--cases 300] [--epochs 12]
-       [--work DIR] [--lr 3e-4] [--model mil_small] [--class-weighting]
-       [--margin-mm -6 --fill-hu 94]   (organ interior only, outline hidden: see README)
+       [--work DIR] [--lr 1e-3] [--model mil_small] [--no-class-weighting]
+       [--published-crop | --margin-mm -6 --fill-hu 94]
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "JMIDAnomaly"))
 
 import numpy as np  # noqa: E402
 from JMIDAnomalyLib.cohort import build_cohort  # noqa: E402
+from JMIDAnomalyLib.demo import DEMO_TRAINING  # noqa: E402
 from JMIDAnomalyLib.labels.labeling import label_reports  # noqa: E402
 from JMIDAnomalyLib.trainconfig import TrainConfig  # noqa: E402
 from JMIDAnomalyLib.training import FoldTrainer  # noqa: E402
@@ -38,12 +43,17 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=300)
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--work", type=Path, default=Path("bench-training"))
-    parser.add_argument("--lr", type=float, default=3e-4)
+    demo_crop = DEMO_TRAINING["crop"]
+    parser.add_argument("--lr", type=float, default=DEMO_TRAINING["lr"])
     parser.add_argument("--model", default="mil_small")
     parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    parser.add_argument("--class-weighting", action="store_true", help="weight positives")
-    parser.add_argument("--margin-mm", type=float, help="crop margin (negative: organ interior)")
-    parser.add_argument("--fill-hu", type=float, help="HU outside the kept region (default air)")
+    parser.add_argument("--no-class-weighting", action="store_true", help="unweighted BCE")
+    parser.add_argument("--published-crop", action="store_true",
+                        help="the published mask crop (dilated 3 mm, air outside)")  # fmt: skip
+    parser.add_argument("--margin-mm", type=float, default=demo_crop["margin_mm"],
+                        help="crop margin (negative: the organ's interior)")  # fmt: skip
+    parser.add_argument("--fill-hu", type=float, default=demo_crop["fill_hu"],
+                        help="HU outside the kept region")  # fmt: skip
     args = parser.parse_args()
     work = args.work
     if not (work / "cohort" / "cohort.json").exists():
@@ -63,13 +73,9 @@ def main() -> int:
         lr=args.lr,
         model=args.model,
         augment=not args.no_augment,
-        class_weighting=args.class_weighting,
+        class_weighting=not args.no_class_weighting,
         tensorboard=False,
-        crop={
-            k: v
-            for k, v in (("margin_mm", args.margin_mm), ("fill_hu", args.fill_hu))
-            if v is not None
-        },
+        crop={} if args.published_crop else {"margin_mm": args.margin_mm, "fill_hu": args.fill_hu},
     )
     t = time.perf_counter()
     samples, _ = load_samples(config)
