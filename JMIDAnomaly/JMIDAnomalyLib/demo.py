@@ -46,7 +46,7 @@ DEMO_TRAINING = {"lr": 1e-3, "class_weighting": True, "crop": {"margin_mm": -6.0
 
 @dataclass
 class DemoSettings:
-    """Sizes of the demo run (the defaults finish in about 7 minutes on 2 CPU cores)."""
+    """Sizes of the demo run (the defaults finish in about 8 minutes on 2 CPU cores)."""
 
     cases: int = 200
     seed: int = 0
