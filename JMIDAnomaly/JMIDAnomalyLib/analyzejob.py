@@ -26,14 +26,14 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import SimpleITK as sitk
 
 from .analysis import AnomalyPredictor, CaseAnalysis
-from .cropjob import default_label_table
-from .errors import InputError, atomic_output
+from .cropjob import label_table
+from .errors import InputError, atomic_output, check_known_keys
 from .imageio import read_ct, read_label_map, write_image
 from .labelmaps import read_label_names, write_label_names
 
@@ -83,14 +83,11 @@ class AnalyzeConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "analysis request") -> AnalyzeConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(source, f"unknown analysis settings: {', '.join(unknown)}")
+        check_known_keys(data, cls, source)
         missing = sorted(k for k in ("ct", "out", "bundles") if k not in data)
         if missing:
             raise InputError(source, f"missing analysis settings: {', '.join(missing)}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return cls(**data)
 
 
 class AnalysisRunner:
@@ -169,10 +166,7 @@ def analyze_case(
     """
     ct = read_ct(ct_path)
     if seg_path is not None:
-        seg_path = Path(seg_path)
-        table = Path(seg_labels) if seg_labels else default_label_table(seg_path)
-        if not table.is_file():
-            raise InputError(table, "no label table for the segmentation; pass --seg-labels")
+        table = label_table(seg_path, seg_labels)
         label_map = read_label_map(seg_path, reference=ct)
         names = read_label_names(table)
         source = "given"

@@ -8,18 +8,24 @@ from pathlib import Path
 
 from .crops import CropConfig, OrganCrop, crop_organs
 from .errors import InputError, atomic_output
-from .imageio import read_ct, read_label_map, write_image
+from .imageio import read_ct, read_label_map, volume_stem, write_image
 from .labelmaps import read_label_names
 from .organs import ORGANS
 
 
 def default_label_table(seg_path: Path) -> Path:
     """``seg.nii.gz`` -> ``seg.json`` (the table ``jmid segment`` writes beside its output)."""
-    name = seg_path.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
-        if name.endswith(suffix):
-            return seg_path.with_name(name[: -len(suffix)] + ".json")
-    return seg_path.with_suffix(".json")
+    return seg_path.with_name(volume_stem(seg_path) + ".json")
+
+
+def label_table(seg_path: str | os.PathLike, given: str | os.PathLike | None = None,
+                option: str = "--seg-labels") -> Path:  # fmt: skip
+    """The label table of a label map: ``given``, else the one beside it; a clear error naming
+    ``option`` when there is none."""
+    table = Path(given) if given else default_label_table(Path(seg_path))
+    if not table.is_file():
+        raise InputError(table, f"no label table for the segmentation; pass {option}")
+    return table
 
 
 def crop_case(
@@ -35,10 +41,7 @@ def crop_case(
     unknown = [o for o in organs if o not in ORGANS]
     if unknown:
         raise InputError("--organs", f"unknown organs {unknown}; choose from {', '.join(ORGANS)}")
-    seg_path = Path(seg_path)
-    labels_path = Path(labels_path) if labels_path else default_label_table(seg_path)
-    if not labels_path.exists():
-        raise InputError(labels_path, "no label table; pass --labels (value -> name JSON)")
+    labels_path = label_table(seg_path, labels_path, "--labels (value -> name JSON)")
     ct = read_ct(ct_path)
     label_map = read_label_map(seg_path, reference=ct)
     crops = crop_organs(ct, label_map, read_label_names(labels_path), organs, config)

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .errors import InputError
+from .errors import InputError, check_known_keys
 from .geometry import CropRecord, Grid, axis_aligned_grid, crop_index_region, resample_to_grid
 from .organs import ORGANS, SIDED_ORGANS, TOTALSEGMENTATOR_ORGANS, organ_key
 
@@ -94,9 +94,7 @@ class CropConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> CropConfig:
-        known = {f.name for f in fields(cls)}
-        if set(data) - known:
-            raise InputError("crop config", f"unknown keys {sorted(set(data) - known)}")
+        check_known_keys(data, cls, "crop config")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
 

@@ -32,6 +32,16 @@ class InputError(JMIDError, ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+def check_known_keys(data, cls, source: str) -> None:
+    """Refuse settings that are not fields of the dataclass ``cls`` (configurations read from
+    files, requests and bundles)."""
+    import dataclasses
+
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise InputError(source, f"unknown keys {unknown}")
+
+
 def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

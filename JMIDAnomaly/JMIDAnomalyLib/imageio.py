@@ -33,6 +33,16 @@ MIN_PLAUSIBLE_HU = -4096.0
 MAX_PLAUSIBLE_MEDIAN_HU = 1500.0
 
 
+def volume_stem(path: str | os.PathLike) -> str:
+    """A volume file's name without its image suffix (``case_01.nii.gz`` -> ``case_01``); a
+    DICOM folder's name as it is."""
+    name = Path(path).name
+    for suffix in VOLUME_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
 def _is_volume_file(path: Path) -> bool:
     name = path.name.lower()
     return any(name.endswith(s) for s in VOLUME_SUFFIXES)

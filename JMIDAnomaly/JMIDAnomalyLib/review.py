@@ -107,6 +107,10 @@ class ReviewQueue:
     def classes(self) -> list[str]:
         return sorted({i.cls for i in self.all})
 
+    @property
+    def cases(self) -> list[str]:
+        return sorted({i.case_id for i in self.all})
+
     def threshold(self, item: ReviewItem) -> float:
         """The threshold ``item`` is judged at (the override, else its bundle's, else 0.5)."""
         if self.threshold_override is not None:

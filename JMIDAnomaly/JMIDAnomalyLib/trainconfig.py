@@ -7,10 +7,10 @@ The same object drives ``jmid train --config FILE``, JMIDTrainer's Logic and the
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, check_known_keys
 from .organs import ORGANS
 
 
@@ -84,10 +84,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "config") -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise InputError(source, f"unknown keys {unknown}")
+        check_known_keys(data, cls, source)
         return cls(**data)
 
     @classmethod

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
-from .review import OUTCOME_CHOICES, VERDICTS
+from .review import OUTCOME_CHOICES
 
 logger = logging.getLogger(__name__)
 
@@ -59,17 +59,15 @@ class ReviewOptions:
                            (self.cases, "predictions CSV")):  # fmt: skip
             if path and not Path(path).exists():
                 raise InputError(path, f"the {what} does not exist")
+        if self.seg:
+            from .cropjob import label_table
+
+            label_table(self.seg, self.seg_labels)  # names a missing table
         if self.cases and not (self.data_root and Path(self.data_root).is_dir()):
             problem = "--cases needs the data root of its cases (images/, segs/)"
             raise InputError(self.data_root or "--data-root", problem)
         if self.cases and not self.feedback:
             self.feedback = str(Path(self.cases).with_name("feedback.csv"))
-
-
-def _case_ids(predictions_csv: str) -> list[str]:
-    from .review import ReviewQueue
-
-    return sorted({item.case_id for item in ReviewQueue(predictions_csv).all})
 
 
 class ReviewApp:
@@ -129,7 +127,8 @@ class ReviewApp:
     def _init_state(self) -> None:
         s = self.state
         s.trame__title = "JMID Anomaly review"
-        s.cases = _case_ids(self.options.cases) if self.options.cases else []
+        queue = self.review.queue if self.review else None
+        s.cases = queue.cases if queue else []
         s.case_name = ""
         s.volume_loaded = False
         s.running = False
@@ -144,8 +143,6 @@ class ReviewApp:
         s.overlay = True
         s.opacity = 0.5
         s.report = ""
-        s.has_review = self.review is not None
-        queue = self.review.queue if self.review else None
         s.review_organs = ["(any)", *queue.organs] if queue else []
         s.review_classes = ["(any)", *queue.classes] if queue else []
         s.review_outcomes = list(OUTCOME_CHOICES)
@@ -157,7 +154,6 @@ class ReviewApp:
                          "comment": "", "position": 0, "total": 0}  # fmt: skip
         s.comment = ""
         s.marks = len(self.review.feedback) if self.review else 0
-        s.verdicts = list(VERDICTS)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -212,22 +208,16 @@ class ReviewApp:
 
     def _open_ct(self) -> None:
         from . import mrml
-        from .cropjob import default_label_table
-        from .imageio import read_ct
+        from .cropjob import label_table
+        from .imageio import read_ct, volume_stem
         from .scenes import import_segmentation_for_volume
 
         self._clear_case()
-        path = Path(self.options.ct)
-        name = path.name.removesuffix(".gz").rsplit(".", 1)[0] if path.is_file() else path.name
-        self.volume = mrml.image_to_volume_node(read_ct(path), self.slicer.scene, name)
+        name = volume_stem(self.options.ct)
+        self.volume = mrml.image_to_volume_node(read_ct(self.options.ct), self.slicer.scene, name)
         if self.options.seg:
-            seg = Path(self.options.seg)
-            table = Path(self.options.seg_labels) if self.options.seg_labels else (
-                default_label_table(seg)
-            )  # fmt: skip
-            self.segmentation = import_segmentation_for_volume(
-                self.volume, seg, table if table.is_file() else None
-            )
+            table = label_table(self.options.seg, self.options.seg_labels)
+            self.segmentation = import_segmentation_for_volume(self.volume, self.options.seg, table)
         self._case_nodes = [self.volume, self.segmentation]
         self._show_volume(name)
 

@@ -19,10 +19,10 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..errors import InputError, JMIDError, atomic_output
+from ..errors import InputError, JMIDError, atomic_output, check_known_keys
 from ..organs import ORGAN_CLASSES, ORGANS, SIDED_ORGANS
 from .extract import NEGATIVE, POSITIVE, UNCERTAIN, Evidence, Extraction, Extractor
 from .reports import BadRow, Position, Report, read_reports
@@ -63,10 +63,7 @@ class LabelOptions:
 
     @classmethod
     def from_dict(cls, data: dict) -> LabelOptions:
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise InputError("label options", f"unknown keys {sorted(unknown)}")
+        check_known_keys(data, cls, "label options")
         return cls(**data)
 
 
