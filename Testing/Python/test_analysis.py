@@ -57,7 +57,7 @@ def organs_seg(example_ct, example_seg, label_names):
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory, example_ct, organs_seg) -> Path:
-    """Train a 2-fold mil_small liver ensemble on CASES noisy copies of the example CT, half of
+    """Train a 2-fold mil_local liver ensemble on CASES noisy copies of the example CT, half of
     them with a planted lesion (the real training job, data in the cohort layout)."""
     seg, names = organs_seg
     root = tmp_path_factory.mktemp("analysis")
@@ -80,7 +80,7 @@ def bundle(tmp_path_factory, example_ct, organs_seg) -> Path:
                              "evidence": "肝に石灰化" if lesion else "", **row})  # fmt: skip
     config = TrainConfig.for_cohort(
         root, root / "labels", root / "run", root / "crops", organ="liver", folds=2, epochs=2,
-        batch_size=4, model="mil_small", tensorboard=False,
+        batch_size=4, model="mil_local", tensorboard=False,
     )  # fmt: skip
     return train(config)
 

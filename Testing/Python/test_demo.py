@@ -21,7 +21,7 @@ def test_demo_runs_end_to_end_and_reuses_its_cache(demo_run):
     assert (out / "cohort" / "contact_sheet.png").stat().st_size > 0
     # Training and evaluation.
     bundle = load_bundle(out / "training" / "liver" / "bundle")
-    assert len(bundle.models) == 2 and bundle.meta["model"] == "mil_small"
+    assert len(bundle.models) == 2 and bundle.meta["model"] == "mil_local"
     metrics = json.loads((out / "evaluation" / "liver" / "metrics.json").read_text())
     assert metrics["organ"] == "liver" and any("auc" in c for c in metrics["classes"])
     pngs = list((out / "evaluation" / "liver").glob("*.png"))

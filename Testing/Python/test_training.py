@@ -204,3 +204,23 @@ def test_evaluate_oof_and_held_out(data, tmp_path):
         header = (tmp_path / folder / "predictions.csv").read_text(encoding="utf-8").splitlines()[0]
         assert header == "case_id,patient_id,organ,side,class,probability,label,fold,evidence"
     assert main(["evaluate", "--bundle", str(bundle), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_mil_local_features_see_a_neighbourhood_only():
+    """The demo model's encoder ends after stage 2: a feature at one corner of the 8x8 map does
+    not change when pixels 28 to 31 do (it sees about 20 pixels), while mil_small's do."""
+    from JMIDAnomalyLib.models import create_model
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 3, 64, 64)
+    changed = x.clone()
+    changed[..., 28:32, 28:32] += 5.0
+    for name, local in (("mil_local", True), ("mil_small", False)):
+        model = create_model(name, num_classes=9).eval()
+        with torch.no_grad():
+            a = model.encoder.forward_features(x.flatten(0, 1))
+            b = model.encoder.forward_features(changed.flatten(0, 1))
+        assert a.shape[-1] == (8 if local else 2)
+        same = torch.allclose(a[..., 0, 0], b[..., 0, 0])
+        assert same == local, name
+        assert model(x).shape == (1, 9)
