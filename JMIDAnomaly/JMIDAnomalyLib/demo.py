@@ -248,11 +248,11 @@ def _analyze_held_out(out: Path, truth: list[dict], held_out: list[str], bundles
             if planted and centre is not None:
                 # Measure against a planted finding of the explained class; when there is
                 # none (the explained class is a false positive), against the nearest finding.
-                same = [f for f in planted if f["cls"] == organ.explained_class]
+                candidates = [f for f in planted if f["cls"] == organ.explained_class] or planted
                 distances = [float(np.linalg.norm(centre - np.array(f["centre_lps"])))
-                             for f in same or planted]  # fmt: skip
+                             for f in candidates]  # fmt: skip
                 distance = min(distances)
-                f = (same or planted)[distances.index(distance)]
+                f = candidates[distances.index(distance)]
                 text += (f"; planted {f['cls']} {f['size_mm']:.0f} mm, heatmap "
                          f"({organ.explained_class}) {distance:.0f} mm from it")  # fmt: skip
             parts.append(text)

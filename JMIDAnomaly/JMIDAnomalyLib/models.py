@@ -72,7 +72,7 @@ class SliceMIL(nn.Module):
                                              **(encoder_args or {}))  # fmt: skip
         else:
             self.encoder = StageEncoder(backbone, encoder_stage, in_chans, global_pool,
-                                        pretrained, **(encoder_args or {}))  # fmt: skip
+                                        pretrained, drop_rate, **(encoder_args or {}))  # fmt: skip
         if lstm_layers > 0:
             self.lstm = nn.LSTM(self.encoder.num_features, lstm_hidden, lstm_layers,
                                 batch_first=True, bidirectional=True)  # fmt: skip
@@ -119,13 +119,15 @@ class SliceMIL(nn.Module):
 
 class StageEncoder(nn.Module):
     """A timm encoder ended after one stage (``features_only``, ``out_indices=(stage,)``) with
-    global pooling: the timm encoder interface SliceMIL uses (``forward_features``,
-    ``forward_head``, ``num_features``) for backbones cut short. A shallow encoder sees a
-    small neighbourhood (resnet10t after stage 2: stride 8, about 20 pixels), so it learns local
+    global pooling and dropout: the timm encoder interface SliceMIL uses
+    (``forward_features``, ``forward_head``, ``num_features``) for backbones cut short, so
+    ``drop_rate`` acts as it does on a whole timm encoder. A shallow encoder sees a small
+    neighbourhood (resnet10t after stage 2: stride 8, about 20 pixels), so it learns local
     findings rather than each case's organ shape."""
 
     def __init__(self, backbone: str, stage: int, in_chans: int, global_pool: str = "avg",
-                 pretrained: bool = False, **encoder_args) -> None:  # fmt: skip
+                 pretrained: bool = False, drop_rate: float = 0.0,
+                 **encoder_args) -> None:  # fmt: skip
         super().__init__()
         import timm
 
@@ -136,14 +138,16 @@ class StageEncoder(nn.Module):
                                       **encoder_args)  # fmt: skip
         self.num_features = self.body.feature_info.channels()[-1]
         self.global_pool = global_pool
+        self.drop_rate = drop_rate
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)[-1]
 
     def forward_head(self, feature_map: torch.Tensor) -> torch.Tensor:
-        if self.global_pool == "max":
-            return feature_map.amax((2, 3))
-        return feature_map.mean((2, 3))
+        pooled = feature_map.amax((2, 3)) if self.global_pool == "max" else feature_map.mean((2, 3))
+        if self.drop_rate:  # as timm's heads: dropout on the pooled features
+            pooled = nn.functional.dropout(pooled, self.drop_rate, self.training)
+        return pooled
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))

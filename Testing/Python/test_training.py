@@ -224,3 +224,7 @@ def test_mil_local_features_see_a_neighbourhood_only():
         same = torch.allclose(a[..., 0, 0], b[..., 0, 0])
         assert same == local, name
         assert model(x).shape == (1, 9)
+    # drop_rate acts on the cut-short encoder's pooled features as on a whole timm encoder.
+    dropped = create_model("mil_local", num_classes=9, drop_rate=0.5).train()
+    assert (dropped.encoder.forward_head(torch.ones(2, 64, 8, 8)) == 0).any()
+    assert (dropped.eval().encoder.forward_head(torch.ones(2, 64, 8, 8)) == 1).all()
