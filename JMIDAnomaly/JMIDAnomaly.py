@@ -11,8 +11,12 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
-from JMIDAnomalyLib.reading import ReadingLogic  # needs no torch: safe before installing it
-from JMIDAnomalyLib.review import OUTCOME_CHOICES
+
+# These need no torch: safe to import before the dependencies are installed.
+from JMIDAnomalyLib.inference.methods import EXPLAIN_METHODS
+from JMIDAnomalyLib.review.controller import ReadingController
+from JMIDAnomalyLib.review.queue import OUTCOME_CHOICES
+from JMIDAnomalyLib.review.reading import ReadingLogic
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
@@ -24,10 +28,6 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-
-#
-# JMIDAnomaly
-#
 
 
 class JMIDAnomaly(ScriptedLoadableModule):
@@ -47,31 +47,19 @@ class JMIDAnomaly(ScriptedLoadableModule):
         )
 
 
-#
-# JMIDAnomalyParameterNode
-#
-
-
 @parameterNodeWrapper
 class JMIDAnomalyParameterNode:
-    """Parameters of the module, bound to the GUI by ``connectGui``.
-
-    inputVolume - the CT to analyse.
-    inputSegmentation - its organ segmentation; when empty, segModelPath segments the CT.
-    segModelPath - an nnU-Net v2 model folder.
-    bundlePath - model bundle (folder or zip) or a folder of bundles.
-    organs - comma-separated organs ("" = every bundle's).
-    explain - heatmap method. device - auto, cuda, cpu or mps.
-    heatmapOpacity - foreground opacity of the heatmap overlay.
-    predictionsPath, dataRoot, feedbackPath - error analysis inputs and the marks file.
-    """
+    """Parameters of the module, bound to the GUI by ``connectGui``: the CT, its organ
+    segmentation (or segModelPath, an nnU-Net v2 folder, segments it), the model bundle(s),
+    organs ("" = every bundle's), heatmap method, device, overlay opacity; and the error-analysis
+    inputs (predictions CSV, data root) and the marks file."""
 
     inputVolume: vtkMRMLScalarVolumeNode
     inputSegmentation: vtkMRMLSegmentationNode
     segModelPath: pathlib.Path
     bundlePath: pathlib.Path
     organs: str = ""
-    explain: Annotated[str, Choice(["occlusion", "hirescam", "none"])] = "occlusion"
+    explain: Annotated[str, Choice(list(EXPLAIN_METHODS))] = EXPLAIN_METHODS[0]
     device: Annotated[str, Choice(["auto", "cuda", "cpu", "mps"])] = "auto"
     heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     predictionsPath: pathlib.Path
@@ -83,20 +71,11 @@ def _given(path) -> bool:
     return path is not None and str(path) not in ("", ".")
 
 
-#
-# JMIDAnomalyWidget
-#
-
-
 class JMIDAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = None
-        self._parameterNode = None
-        self._parameterNodeGuiTag = None
-        self._job = None
-        self._nodes = None
+        self.logic = self.controller = self._parameterNode = self._parameterNodeGuiTag = None
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -105,31 +84,35 @@ class JMIDAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = JMIDAnomalyLogic()
+        # The reading and error-analysis flow (shared with the browser review); this Widget
+        # is its view (show_* and set_running below).
+        self.controller = ReadingController(self.logic, view=self)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
-        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
-        self.ui.scoresTableView.connect("clicked(QModelIndex)", self.onScoreRowClicked)
-        self.ui.heatmapComboBox.connect("currentIndexChanged(int)", self.onHeatmapChosen)
-        self.ui.heatmapOpacitySlider.connect("valueChanged(double)", self.logic.set_heatmap_opacity)
-        self.ui.loadReviewButton.connect("clicked(bool)", self.onLoadReview)
-        for combo in (self.ui.reviewOrganComboBox, self.ui.reviewClassComboBox,
-                      self.ui.reviewOutcomeComboBox):  # fmt: skip
-            combo.connect("activated(int)", self.onReviewFilter)
+        for widget, signal, slot in (
+            (self.ui.applyButton, "clicked(bool)", self.onApplyButton),
+            (self.ui.cancelButton, "clicked(bool)", self.controller.cancel),
+            (self.ui.scoresTableView, "clicked(QModelIndex)", self.onScoreRowClicked),
+            (self.ui.heatmapComboBox, "currentIndexChanged(int)", self.onHeatmapChosen),
+            (self.ui.heatmapOpacitySlider, "valueChanged(double)", self.logic.set_heatmap_opacity),
+            (self.ui.loadReviewButton, "clicked(bool)", self.onLoadReview),
+            (self.ui.reviewOrganComboBox, "activated(int)", self.onReviewFilter),
+            (self.ui.reviewClassComboBox, "activated(int)", self.onReviewFilter),
+            (self.ui.reviewOutcomeComboBox, "activated(int)", self.onReviewFilter),
+            (self.ui.reviewThresholdSlider, "valueChanged(double)", self.onReviewFilter),
+        ):
+            widget.connect(signal, slot)
         self.ui.reviewOutcomeComboBox.addItems(list(OUTCOME_CHOICES))
-        self.ui.reviewThresholdSlider.connect("valueChanged(double)", self.onReviewFilter)
-        self.ui.previousButton.connect("clicked(bool)", lambda: self.onReviewStep(-1))
-        self.ui.nextButton.connect("clicked(bool)", lambda: self.onReviewStep(1))
-        for button, verdict in ((self.ui.agreeButton, "agree"),
-                                (self.ui.labelWrongButton, "label_wrong"),
-                                (self.ui.modelWrongButton, "model_wrong")):  # fmt: skip
-            button.connect("clicked(bool)", lambda _=False, v=verdict: self.onMark(v))
+        # Buttons and their keys, as in the browser review: N/P step, A/L/M mark.
         self._shortcuts = []
-        for key, action in (("N", lambda: self.onReviewStep(1)),
-                            ("P", lambda: self.onReviewStep(-1)),
-                            ("A", lambda: self.onMark("agree")),
-                            ("L", lambda: self.onMark("label_wrong")),
-                            ("M", lambda: self.onMark("model_wrong"))):  # fmt: skip
+        for button, key, action in (
+            (self.ui.nextButton, "N", lambda: self.onReviewStep(1)),
+            (self.ui.previousButton, "P", lambda: self.onReviewStep(-1)),
+            (self.ui.agreeButton, "A", lambda: self.onMark("agree")),
+            (self.ui.labelWrongButton, "L", lambda: self.onMark("label_wrong")),
+            (self.ui.modelWrongButton, "M", lambda: self.onMark("model_wrong")),
+        ):
+            button.connect("clicked(bool)", lambda _=False, act=action: act())
             shortcut = qt.QShortcut(qt.QKeySequence(key), uiWidget)
             shortcut.setContext(qt.Qt.WidgetWithChildrenShortcut)
             shortcut.connect("activated()", action)
@@ -150,12 +133,7 @@ class JMIDAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def exit(self) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(
-                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply
-            )
+        self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -166,10 +144,9 @@ class JMIDAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
-        if not self._parameterNode.inputVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolumeNode:
-                self._parameterNode.inputVolume = firstVolumeNode
+        firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+        if not self._parameterNode.inputVolume and firstVolumeNode:
+            self._parameterNode.inputVolume = firstVolumeNode
 
     def setParameterNode(self, inputParameterNode: JMIDAnomalyParameterNode | None) -> None:
         if self._parameterNode:
@@ -185,30 +162,26 @@ class JMIDAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _checkCanApply(self, caller=None, event=None) -> None:
         p = self._parameterNode
-        ready = bool(
-            p and p.inputVolume and _given(p.bundlePath)
-            and (p.inputSegmentation or _given(p.segModelPath))
-        )  # fmt: skip
-        self.ui.applyButton.enabled = ready and self._job is None
+        organs = p and (p.inputSegmentation or _given(p.segModelPath))
+        ready = bool(p and p.inputVolume and _given(p.bundlePath) and organs)
+        self.ui.applyButton.enabled = ready and not self.logic.busy
         self.ui.applyButton.toolTip = (
             _("Segment, score and explain the CT in the background")
             if ready
             else _("Select a CT, a segmentation (or an nnU-Net model) and a model bundle")
         )
 
-    # -- analysis -----------------------------------------------------------------------------
-
     def _dependenciesReady(self) -> bool:
         missing = self.logic.missingDependencies()
         if not missing:
             return True
-        if not slicer.util.confirmOkCancelDisplay(
-            _("JMID Anomaly needs these Python packages, which are not installed yet:\n\n{m}\n\n"
-              "Install them now? (torch comes through the PyTorch extension; this can take "
-              "several minutes.)").format(m="\n".join(missing))
-        ):  # fmt: skip
+        question = _(
+            "JMID Anomaly needs these Python packages:\n\n{m}\n\nInstall them now? (torch "
+            "comes through the PyTorch extension; this can take minutes.)"
+        )
+        if not slicer.util.confirmOkCancelDisplay(question.format(m="\n".join(missing))):
             return False
-        with slicer.util.tryWithErrorDisplay(_("Installing packages failed."), waitCursor=True):
+        with self._errors(_("Installing packages failed.")):
             self.logic.installDependencies()
             return True
         return False
@@ -216,21 +189,44 @@ class JMIDAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onApplyButton(self) -> None:
         if not self._dependenciesReady():
             return
-        with slicer.util.tryWithErrorDisplay(_("Failed to start the analysis."), waitCursor=True):
-            self._job = self.logic.startAnalysisFromParameters(
-                self._parameterNode, self.ui.reportTextEdit.toPlainText()
-            )
-            self._setRunning(True, _("Starting the worker..."))
+        p = self._parameterNode
+        with self._errors(_("Failed to start the analysis.")):
+            organs = [o.strip() for o in (p.organs or "").split(",") if o.strip()]
+            model = str(p.segModelPath) if _given(p.segModelPath) else ""
+            inputs = (p.inputVolume, [str(p.bundlePath)], p.inputSegmentation, model, organs)
+            report = self.ui.reportTextEdit.toPlainText()
+            self.controller.analyze(*inputs, p.explain, p.device, report)
 
-    def onCancelButton(self) -> None:
-        self.logic.cancel()
-        review = self.logic.review
-        if review is not None:
-            review.job = None
-        self._setRunning(False, _("Cancelled."))
+    def onTimer(self) -> None:
+        self.controller.process_events()
+        if not self.logic.busy:
+            self._timer.stop()
 
-    def _setRunning(self, running: bool, status: str) -> None:
-        self._job = self._job if running else None
+    def onScoreRowClicked(self, index) -> None:
+        if not self.controller.nodes or not index.isValid():
+            return
+        proxy = self.ui.scoresTableView.sortFilterProxyModel()  # the view may be sorted
+        row = proxy.mapToSource(index).row() if proxy else index.row()
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the organ.")):
+            key = self.controller.select_row(row)
+            index = self.ui.heatmapComboBox.findText(key)
+            self.ui.heatmapComboBox.setCurrentIndex(max(index, 0))
+
+    def onHeatmapChosen(self, index: int) -> None:
+        key = self.ui.heatmapComboBox.currentText if index > 0 else None
+        self.controller.show_heatmap(key, self._parameterNode.heatmapOpacity)
+
+    def show_log(self, message: str) -> None:
+        self.ui.logTextEdit.appendPlainText(message)
+
+    def show_progress(self, fraction: float, message: str) -> None:
+        self.ui.progressBar.value = int(100 * fraction)
+        self.ui.statusLabel.text = message
+
+    def show_error(self, message: str) -> None:
+        slicer.util.errorDisplay(message)
+
+    def set_running(self, running: bool, status: str) -> None:
         self.ui.cancelButton.enabled = running
         self.ui.statusLabel.text = status
         if running:
@@ -238,111 +234,59 @@ class JMIDAnomalyWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._timer.start()
         self._checkCanApply()
 
-    def onTimer(self) -> None:
-        for event in self.logic.process_events():
-            if event.kind == "log":
-                self.ui.logTextEdit.appendPlainText(event.message)
-            elif event.kind == "progress":
-                self.ui.progressBar.value = int(100 * event.data["fraction"])
-                self.ui.statusLabel.text = event.message
-            elif event.kind in ("result", "error", "cancelled"):
-                review = self.logic.review
-                if review is not None and review.handle(event) and event.kind == "result":
-                    self._showResults(review.nodes)
-                elif event.job == self._job and event.kind == "result":
-                    self._showResults(event.data["nodes"])
-                if event.kind == "error":
-                    slicer.util.errorDisplay(_("Analysis failed: {m}").format(m=event.message))
-                self._setRunning(False, _("Done.") if event.kind == "result" else event.message)
-        if not self.logic.busy:
-            self._timer.stop()
-
-    def _showResults(self, nodes) -> None:
-        self._nodes = nodes
-        self.ui.scoresTableView.setMRMLTableNode(nodes.scores)
-        self.ui.heatmapComboBox.blockSignals(True)
+    def show_results(self, nodes) -> None:
+        self.ui.scoresTableView.setMRMLTableNode(nodes.scores if nodes else None)
+        wasBlocked = self.ui.heatmapComboBox.blockSignals(True)
         self.ui.heatmapComboBox.clear()
-        self.ui.heatmapComboBox.addItems(["(none)", *nodes.heatmaps])
-        self.ui.heatmapComboBox.blockSignals(False)
-        self.ui.reportLabel.text = nodes.report.GetText() if nodes.report else ""
-        self.ui.resultsCollapsibleButton.collapsed = False
+        self.ui.heatmapComboBox.addItems(["(none)", *(nodes.heatmaps if nodes else [])])
+        self.ui.heatmapComboBox.blockSignals(wasBlocked)
+        self.ui.reportLabel.text = nodes.report.GetText() if nodes and nodes.report else ""
+        self.ui.resultsCollapsibleButton.collapsed = nodes is None
 
-    def onScoreRowClicked(self, index) -> None:
-        if not self._nodes or not index.isValid():
-            return
-        proxy = self.ui.scoresTableView.sortFilterProxyModel()  # the view may be sorted
-        row = proxy.mapToSource(index).row() if proxy else index.row()
-        with slicer.util.tryWithErrorDisplay(_("Failed to show the organ.")):
-            key = self.logic.select_score_row(self._nodes, row)
-            index = self.ui.heatmapComboBox.findText(key)
-            self.ui.heatmapComboBox.setCurrentIndex(max(index, 0))
+    def show_review_item(self, item: dict) -> None:
+        self.ui.reviewItemLabel.text = item["summary"]
+        self.ui.evidenceLabel.text = item["evidence"]
+        self.ui.commentLineEdit.text = item["comment"]
 
-    def onHeatmapChosen(self, index: int) -> None:
-        if self._nodes:
-            key = self.ui.heatmapComboBox.currentText if index > 0 else None
-            self.logic.show_heatmap(self._nodes, key, self._parameterNode.heatmapOpacity)
-
-    # -- error analysis -----------------------------------------------------------------------
+    def _errors(self, message: str):
+        return slicer.util.tryWithErrorDisplay(message, waitCursor=True)
 
     def onLoadReview(self) -> None:
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Failed to load the predictions."), waitCursor=True):
-            review = self.logic.openReview(p.predictionsPath, p.dataRoot, p.feedbackPath,
-                                           p.bundlePath, p.explain)  # fmt: skip
-            for combo, values in ((self.ui.reviewOrganComboBox, review.queue.organs),
-                                  (self.ui.reviewClassComboBox, review.queue.classes)):  # fmt: skip
+        with self._errors(_("Failed to load the predictions.")):
+            bundles = [str(p.bundlePath)] if _given(p.bundlePath) else []
+            review = self.controller.open_review(
+                p.predictionsPath, p.dataRoot, p.feedbackPath, bundles, p.explain
+            )
+            for combo, values in (
+                (self.ui.reviewOrganComboBox, review.queue.organs),
+                (self.ui.reviewClassComboBox, review.queue.classes),
+            ):
                 combo.clear()
                 combo.addItems([_("(any)"), *values])
             self.onReviewFilter()
 
     def onReviewFilter(self, *_args) -> None:
-        review = self.logic.review
-        if review is None:
-            return
-        with slicer.util.tryWithErrorDisplay(_("Failed to load the case."), waitCursor=True):
-            organ = self.ui.reviewOrganComboBox
-            cls = self.ui.reviewClassComboBox
-            job = review.filter(
-                organ.currentText if organ.currentIndex > 0 else None,
-                cls.currentText if cls.currentIndex > 0 else None,
-                self.ui.reviewOutcomeComboBox.currentText,
-                self.ui.reviewThresholdSlider.value,
-            )
-            self._reviewItemShown(job)
+        organ, cls = self.ui.reviewOrganComboBox, self.ui.reviewClassComboBox
+        if self.controller.review is not None:
+            with self._errors(_("Failed to load the case.")):
+                self.controller.review_filter(
+                    organ.currentText if organ.currentIndex > 0 else None,
+                    cls.currentText if cls.currentIndex > 0 else None,
+                    self.ui.reviewOutcomeComboBox.currentText,
+                    self.ui.reviewThresholdSlider.value,
+                )
 
     def onReviewStep(self, delta: int) -> None:
-        review = self.logic.review
-        if review is None:
-            return
-        with slicer.util.tryWithErrorDisplay(_("Failed to load the case."), waitCursor=True):
-            self._reviewItemShown(review.step(delta))
-
-    def _reviewItemShown(self, job) -> None:
-        review = self.logic.review
-        self._showReviewItem()
-        if job is not None:
-            self._setRunning(True, _("Computing the heatmap..."))
-        elif review.nodes is not None:
-            self._showResults(review.nodes)
-
-    def _showReviewItem(self) -> None:
-        shown = self.logic.review.describe()
-        self.ui.reviewItemLabel.text = shown["summary"]
-        self.ui.evidenceLabel.text = shown["evidence"]
-        self.ui.commentLineEdit.text = shown["comment"]
+        if self.controller.review is not None:
+            with self._errors(_("Failed to load the case.")):
+                self.controller.review_step(delta)
 
     def onMark(self, verdict: str) -> None:
-        review = self.logic.review
-        if review is None or review.queue.current is None:
-            return
-        with slicer.util.tryWithErrorDisplay(_("Failed to save the mark."), waitCursor=True):
-            review.mark(verdict, self.ui.commentLineEdit.text)
-            self._showReviewItem()
-
-
-#
-# JMIDAnomalyLogic
-#
+        review = self.controller.review
+        if review is not None and review.queue.current is not None:
+            with self._errors(_("Failed to save the mark.")):
+                self.controller.mark(verdict, self.ui.commentLineEdit.text)
 
 
 def workerPython() -> str:
@@ -353,84 +297,37 @@ def workerPython() -> str:
 
 
 class JMIDAnomalyLogic(ScriptedLoadableModuleLogic, ReadingLogic):
-    """The core's :class:`JMIDAnomalyLib.reading.ReadingLogic` on ``slicer.mrmlScene``, plus the
-    parameter node, dependency installation and error analysis. Raises; never shows dialogs."""
+    """The core's :class:`JMIDAnomalyLib.review.reading.ReadingLogic` on ``slicer.mrmlScene``,
+    plus the parameter node and dependency installation. The Widget drives it through a
+    ``ReadingController`` (the flow the browser review drives too). Raises; never shows dialogs."""
 
     def __init__(self, scene=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         ReadingLogic.__init__(self, scene or slicer.mrmlScene, python=workerPython())
-        self.review = None
 
     def getParameterNode(self):
         return JMIDAnomalyParameterNode(super().getParameterNode())
 
     def missingDependencies(self) -> list:
-        from JMIDAnomalyLib.dependencies import missing_requirements
+        from JMIDAnomalyLib.apps.dependencies import missing_requirements
 
         return missing_requirements()
 
     def installDependencies(self) -> None:
-        """torch through the PyTorch extension, the rest with pip (Slicer's own SimpleITK and
-        torch are never replaced)."""
-        from JMIDAnomalyLib.dependencies import REQUIREMENTS, read_requirements
+        """torch through the PyTorch extension, the rest with Slicer's pip installer (Slicer's
+        own SimpleITK and torch are never replaced)."""
+        from JMIDAnomalyLib.apps.dependencies import install_dependencies
 
-        try:
-            import torch  # noqa: F401
-        except ImportError:
-            import PyTorchUtils
+        def installTorch():
+            import PyTorchUtils  # the PyTorch extension
 
-            if PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False) is None:
-                raise RuntimeError("the PyTorch extension could not install PyTorch") from None
+            return PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
+
         try:
             import slicer.pydeps as pydeps
         except ImportError:
             pydeps = getattr(slicer, "packaging", None)
-        if pydeps is not None and hasattr(pydeps, "pip_ensure"):
-            pydeps.pip_ensure(
-                pydeps.load_requirements(str(REQUIREMENTS)),
-                skip_packages=["SimpleITK", "torch", "torchvision"],
-                requester="JMIDAnomaly",
-            )
-        else:
-            slicer.util.pip_install(read_requirements())
-
-    def startAnalysisFromParameters(self, p, reportText: str = "") -> str:
-        """Queue the analysis the parameter node describes; returns the worker job id."""
-        organs = [o.strip() for o in (p.organs or "").split(",") if o.strip()]
-        return self.start_analysis(
-            p.inputVolume, [str(p.bundlePath)], p.inputSegmentation,
-            str(p.segModelPath) if _given(p.segModelPath) else "", organs, p.explain, p.device,
-            reportText,
-        )  # fmt: skip
-
-    def openReview(self, predictionsPath, dataRoot, feedbackPath, bundlePath,
-                   explain: str = "occlusion"):  # fmt: skip
-        """Start an error-analysis session (``JMIDAnomalyLib.review.ReviewSession``)."""
-        from JMIDAnomalyLib.review import ReviewSession
-
-        needed = ((predictionsPath, "predictions CSV"), (dataRoot, "data root"),
-                  (feedbackPath, "feedback CSV"), (bundlePath, "model bundle"))  # fmt: skip
-        for path, what in needed:
-            if not _given(path):
-                raise ValueError(f"Select the {what}")
-        if self.review is not None:
-            self.review.clear()
-        self.review = ReviewSession(self, predictionsPath, dataRoot, feedbackPath,
-                                    [str(bundlePath)], explain=explain)  # fmt: skip
-        return self.review
-
-    def importSegmentation(self, volumeNode, labelMapPath, labelTablePath=None, organsOnly=True):
-        """Load an organ label map file as a named, coloured segmentation of ``volumeNode``."""
-        from JMIDAnomalyLib.scenes import import_segmentation_for_volume
-
-        if not volumeNode:
-            raise ValueError("Input CT volume is not selected")
-        return import_segmentation_for_volume(volumeNode, labelMapPath, labelTablePath, organsOnly)
-
-
-#
-# JMIDAnomalyTest
-#
+        install_dependencies(slicer.util.pip_install, pydeps, installTorch)
 
 
 class JMIDAnomalyTest(ScriptedLoadableModuleTest):
@@ -447,61 +344,55 @@ class JMIDAnomalyTest(ScriptedLoadableModuleTest):
         self.test_AnalysisAndErrorAnalysis()
 
     def test_ImportSegmentation(self):
-        from JMIDAnomalyLib.imageio import read_ct
-        from JMIDAnomalyLib.mrml import image_to_volume_node, segment_names
-        from JMIDAnomalyLib.referencedata import fetch_reference_data
+        from JMIDAnomalyLib.demo.reference_data import fetch_reference_data
+        from JMIDAnomalyLib.imaging.volumes import read_ct
+        from JMIDAnomalyLib.scene.cases import import_segmentation_for_volume
+        from JMIDAnomalyLib.scene.mrml import image_to_volume_node, segment_names
 
-        self.delayDisplay("Fetching the example CT")
+        self.delayDisplay("Importing the example CT's organ segmentation")
         data = fetch_reference_data()
         volume = image_to_volume_node(read_ct(data.ct), slicer.mrmlScene, "Example CT")
-        self.delayDisplay("Importing the organ segmentation")
-        segmentation = JMIDAnomalyLogic().importSegmentation(volume, data.ct_seg, data.labels_json)
-        names = segment_names(segmentation)
-        for organ in ("liver", "spleen", "kidney_left", "kidney_right", "pancreas"):
-            self.assertIn(organ, names)
+        names = segment_names(import_segmentation_for_volume(volume, data.ct_seg, data.labels_json))
+        organs = {"liver", "spleen", "kidney_left", "kidney_right", "pancreas"}
+        self.assertTrue(organs <= set(names), names)
         self.assertNotIn("aorta", names)
         self.delayDisplay("Test passed")
 
     def test_AnalysisAndErrorAnalysis(self):
+        """The reading and error-analysis flow on a small demo run, through the controller the
+        Widget drives (cohort, labels, a 2-fold bundle: a few minutes on a CPU)."""
         import csv
         import tempfile
 
         logic = JMIDAnomalyLogic()
         if logic.missingDependencies():
             self.skipTest("install the dependencies first (Apply in the module offers it)")
-        from JMIDAnomalyLib.demo import DemoSettings, run_demo
-        from JMIDAnomalyLib.imageio import read_ct
-        from JMIDAnomalyLib.mrml import image_to_volume_node
+        from JMIDAnomalyLib.demo.run import DemoSettings, run_demo
+        from JMIDAnomalyLib.review.error_analysis import load_case
 
         out = pathlib.Path(tempfile.mkdtemp()) / "demo"
         self.delayDisplay("Running a small demo (cohort, labels, 2-fold training)")
         run_demo(out, DemoSettings(cases=24, seed=1, folds=2, epochs=1, holdout=1))
-        bundle = out / "training" / "liver" / "bundle"
-        case = next((out / "analysis").iterdir()).name
-        cohort = out / "cohort"
-        volume = image_to_volume_node(
-            read_ct(cohort / "images" / f"{case}.nii.gz"), slicer.mrmlScene, case
-        )
-        segmentation = logic.importSegmentation(
-            volume, cohort / "segs" / f"{case}.nii.gz", cohort / "labels.json"
+        bundle, cohort = out / "training" / "liver" / "bundle", out / "cohort"
+        volume, segmentation = load_case(
+            slicer.mrmlScene, cohort, next((out / "analysis").iterdir()).name
         )
         self.delayDisplay("Analysing in the background worker")
-        job = logic.start_analysis(volume, [bundle], segmentation, report_text="肝に異常なし。")
-        event = logic.wait(job, timeout=600)
+        controller = ReadingController(logic)
+        job = controller.analyze(volume, [bundle], segmentation, report_text="肝に異常なし。")
+        event = controller.wait(job, timeout=600)
         self.assertEqual(event.kind, "result", event.message)
-        nodes = event.data["nodes"]
-        self.assertIn("liver", nodes.heatmaps)
-        self.assertGreater(nodes.scores.GetNumberOfRows(), 0)
-        self.assertEqual(logic.select_score_row(nodes, 0), "liver")
+        self.assertIn("liver", controller.nodes.heatmaps)
+        self.assertGreater(controller.nodes.scores.GetNumberOfRows(), 0)
+        self.assertEqual(controller.select_row(0), "liver")
         self.delayDisplay("Error analysis: first mistake, marked")
         feedback = out / "feedback.csv"
-        review = logic.openReview(out / "evaluation" / "liver" / "predictions.csv", cohort,
-                                  feedback, bundle)  # fmt: skip
-        review.queue.select(organ="liver")
-        job = review.show_current()
+        predictions = out / "evaluation" / "liver" / "predictions.csv"
+        controller.open_review(predictions, cohort, feedback, [bundle])
+        job = controller.review_filter(organ="liver")
         if job is not None:
-            self.assertTrue(review.handle(logic.wait(job, timeout=600)))
-        review.mark("agree", "self-test")
+            self.assertEqual(controller.wait(job, timeout=600).kind, "result")
+        controller.mark("agree", "self-test")
         with feedback.open(encoding="utf-8") as f:
             self.assertEqual([r["verdict"] for r in csv.DictReader(f)], ["agree"])
         logic.shutdown()

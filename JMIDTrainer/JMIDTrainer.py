@@ -58,14 +58,14 @@ class JMIDTrainer(ScriptedLoadableModule):
 
 def _trainerLogicBase():
     _ensureCoreLibraryImportable()
-    from JMIDAnomalyLib.trainerlogic import TrainerLogic
+    from JMIDAnomalyLib.apps.trainer import TrainerLogic
 
     return TrainerLogic
 
 
 class JMIDTrainerLogic(ScriptedLoadableModuleLogic, _trainerLogicBase()):
     """The core's ``JMIDAnomalyLib.trainerlogic.TrainerLogic`` — ``import_labels``,
-    ``build_crop_cache``, ``train``, ``evaluate``, ``run`` (any jmid command line) — the same
+    ``build_crop_cache``, ``train``, ``evaluate`` — and ``run`` (any jmid command line): the same
     functions and configuration objects as the ``jmid`` command. Raises; never shows dialogs."""
 
     def __init__(self) -> None:
@@ -73,7 +73,9 @@ class JMIDTrainerLogic(ScriptedLoadableModuleLogic, _trainerLogicBase()):
 
     def run(self, arguments) -> int:
         """Run one ``jmid`` job, e.g. ``["info", "--ct", "ct.nii.gz"]``; returns its exit status."""
-        status = super().run(arguments)
+        from JMIDAnomalyLib.apps.cli.main import main
+
+        status = main(list(arguments))
         logging.info(
             "JMIDTrainer: '%s' finished with status %d", arguments[0] if arguments else "", status
         )
@@ -97,7 +99,7 @@ class JMIDTrainerTest(ScriptedLoadableModuleTest):
 
     def test_RunJob(self):
         _ensureCoreLibraryImportable()
-        from JMIDAnomalyLib.referencedata import fetch_reference_data
+        from JMIDAnomalyLib.demo.reference_data import fetch_reference_data
 
         data = fetch_reference_data()
         logic = JMIDTrainerLogic()
@@ -126,22 +128,24 @@ class JMIDTrainerTest(ScriptedLoadableModuleTest):
         from pathlib import Path
 
         _ensureCoreLibraryImportable()
-        from JMIDAnomalyLib.cohort import build_cohort
-        from JMIDAnomalyLib.trainconfig import TrainConfig
+        from JMIDAnomalyLib.demo.cohort import build_cohort
+        from JMIDAnomalyLib.training.config import TrainConfig
 
         work = Path(tempfile.mkdtemp())
         logic = JMIDTrainerLogic()
         self.delayDisplay("Building a 16-case demo cohort")
         build_cohort(work / "cohort", cases=16, seed=3)
         logic.import_labels(work / "cohort" / "reports.csv", work / "labels")
-        config = TrainConfig.for_cohort(work / "cohort", work / "labels", work / "training",
-                                        folds=2, epochs=1)  # fmt: skip
+        config = TrainConfig.for_cohort(
+            work / "cohort", work / "labels", work / "training", folds=2, epochs=1
+        )
         summary = logic.build_crop_cache(config)
         self.assertGreater(summary["samples"], 0)
         self.delayDisplay("Training")
         bundle = logic.train(config)
-        metrics = logic.evaluate(bundle, work / "evaluation",
-                                 oof=work / "training" / "oof_predictions.csv")  # fmt: skip
+        metrics = logic.evaluate(
+            bundle, work / "evaluation", oof=work / "training" / "oof_predictions.csv"
+        )
         self.assertEqual(metrics["organ"], "liver")
         self.delayDisplay("Test passed")
 
@@ -149,6 +153,6 @@ class JMIDTrainerTest(ScriptedLoadableModuleTest):
 if __name__ == "__main__":
     # Slicer --no-main-window --python-script JMIDTrainer.py <jmid arguments>
     _ensureCoreLibraryImportable()
-    from JMIDAnomalyLib.cli import main as _jmidMain
+    from JMIDAnomalyLib.apps.cli.main import main as _jmidMain
 
     slicer.util.exit(_jmidMain(sys.argv[1:]))

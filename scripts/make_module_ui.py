@@ -79,11 +79,16 @@ SECTIONS = [
         (None, "QPushButton", "labelWrongButton", {"text": "Label wrong (L)"}),
         (None, "QPushButton", "modelWrongButton", {"text": "Model wrong (M)"}),
     ]),
-]  # fmt: skip
+]  # fmt: skip  # the module's layout as a table, one row per widget
 
-CUSTOM = {"ctkCollapsibleButton": ("QWidget", 1), "ctkPathLineEdit": ("QWidget", 0),
-          "ctkSliderWidget": ("QWidget", 0), "qMRMLNodeComboBox": ("QWidget", 0),
-          "qMRMLTableView": ("QTableView", 0), "qMRMLWidget": ("QWidget", 1)}  # fmt: skip
+CUSTOM = {
+    "ctkCollapsibleButton": ("QWidget", 1),
+    "ctkPathLineEdit": ("QWidget", 0),
+    "ctkSliderWidget": ("QWidget", 0),
+    "qMRMLNodeComboBox": ("QWidget", 0),
+    "qMRMLTableView": ("QTableView", 0),
+    "qMRMLWidget": ("QWidget", 1),
+}
 
 
 def _prop(widget, name, kind, value, stdset=True):
@@ -126,13 +131,16 @@ def build() -> ET.ElementTree:
     root = ET.SubElement(ui, "widget", {"class": "qMRMLWidget", "name": "JMIDAnomaly"})
     layout = ET.SubElement(root, "layout", {"class": "QVBoxLayout", "name": "verticalLayout"})
     for section, title, collapsed, rows in SECTIONS:
-        box = _widget(ET.SubElement(layout, "item"), "ctkCollapsibleButton", section,
-                      {"text": title, "collapsed": collapsed})  # fmt: skip
+        box = _widget(
+            ET.SubElement(layout, "item"),
+            "ctkCollapsibleButton",
+            section,
+            {"text": title, "collapsed": collapsed},
+        )
         form = ET.SubElement(box, "layout", {"class": "QFormLayout", "name": f"{section}Layout"})
         for row, (label, cls, name, props) in enumerate(rows):
             if label is None:
-                item = ET.SubElement(form, "item", {"row": str(row), "column": "0",
-                                                    "colspan": "2"})  # fmt: skip
+                item = ET.SubElement(form, "item", {"row": str(row), "column": "0", "colspan": "2"})
             else:
                 label_item = ET.SubElement(form, "item", {"row": str(row), "column": "0"})
                 _widget(label_item, "QLabel", f"{name}Label", {"text": label})
@@ -152,8 +160,12 @@ def build() -> ET.ElementTree:
     connections = ET.SubElement(ui, "connections")
     for name in [*NODE_COMBOS, "scoresTableView"]:
         c = ET.SubElement(connections, "connection")
-        for tag, text in (("sender", "JMIDAnomaly"), ("signal", "mrmlSceneChanged(vtkMRMLScene*)"),
-                          ("receiver", name), ("slot", "setMRMLScene(vtkMRMLScene*)")):  # fmt: skip
+        for tag, text in (
+            ("sender", "JMIDAnomaly"),
+            ("signal", "mrmlSceneChanged(vtkMRMLScene*)"),
+            ("receiver", name),
+            ("slot", "setMRMLScene(vtkMRMLScene*)"),
+        ):
             ET.SubElement(c, tag).text = text
     tree = ET.ElementTree(ui)
     ET.indent(tree, " ")

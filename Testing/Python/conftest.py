@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[2]
 # Tests run against the source tree even before `pip install -e .`.
 sys.path.insert(0, str(REPO / "JMIDAnomaly"))
 
-from JMIDAnomalyLib.referencedata import ReferenceData, fetch_reference_data  # noqa: E402
+from JMIDAnomalyLib.demo.reference_data import ReferenceData, fetch_reference_data  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +24,7 @@ def reference_data() -> ReferenceData:
 @pytest.fixture(scope="session")
 def example_ct(reference_data):
     """The abdominal CT (122x101x112, 3 mm) as a float32 SimpleITK image in HU."""
-    from JMIDAnomalyLib.imageio import read_ct
+    from JMIDAnomalyLib.imaging.volumes import read_ct
 
     return read_ct(reference_data.ct)
 
@@ -32,7 +32,7 @@ def example_ct(reference_data):
 @pytest.fixture(scope="session")
 def example_seg(reference_data, example_ct):
     """Its TotalSegmentator v2 label map, on the CT's grid."""
-    from JMIDAnomalyLib.imageio import read_label_map
+    from JMIDAnomalyLib.imaging.volumes import read_label_map
 
     return read_label_map(reference_data.ct_seg, reference=example_ct)
 
@@ -44,7 +44,7 @@ def label_names(reference_data) -> dict[int, str]:
 
 @pytest.fixture(scope="session")
 def small_ct(reference_data):
-    from JMIDAnomalyLib.imageio import read_ct
+    from JMIDAnomalyLib.imaging.volumes import read_ct
 
     return read_ct(reference_data.ct_small)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from JMIDAnomalyLib.common.organs import ORGAN_CLASSES
 from JMIDAnomalyLib.labels.labeling import ORGAN_ROWS, LabelOptions, evidence_to_labels
-from JMIDAnomalyLib.organs import ORGAN_CLASSES
 
 GOLD_FILE = Path(__file__).with_name("data") / "labels_gold.jsonl"
 LEVELS = {0: "denial", 1: "unlikely", 2: "possible", 3: "likely", 4: "definitive"}

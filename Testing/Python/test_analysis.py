@@ -16,18 +16,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from JMIDAnomalyLib.analysis import AnomalyPredictor
-from JMIDAnomalyLib.analyzejob import analyze_case
-from JMIDAnomalyLib.errors import InputError
-from JMIDAnomalyLib.findings import Planter
-from JMIDAnomalyLib.geometry import Grid, hot_spot_lps, resample_to_grid
-from JMIDAnomalyLib.imageio import read_image, write_image
-from JMIDAnomalyLib.labelmaps import select_organs
-from JMIDAnomalyLib.mrml import HEATMAP_COLOR_NODE_ID, load_scene, volume_node_to_image
-from JMIDAnomalyLib.organs import ORGAN_CLASSES
-from JMIDAnomalyLib.scenes import SCORE_COLUMNS, score_rows
-from JMIDAnomalyLib.trainconfig import TrainConfig
-from JMIDAnomalyLib.trainjob import train
+from JMIDAnomalyLib.common.errors import InputError
+from JMIDAnomalyLib.common.organs import ORGAN_CLASSES
+from JMIDAnomalyLib.demo.planting import Planter
+from JMIDAnomalyLib.imaging.geometry import Grid, hot_spot_lps, resample_to_grid
+from JMIDAnomalyLib.imaging.label_tables import select_organs
+from JMIDAnomalyLib.imaging.volumes import read_image, write_image
+from JMIDAnomalyLib.inference.analyze_job import analyze_case
+from JMIDAnomalyLib.inference.predictor import AnomalyPredictor
+from JMIDAnomalyLib.scene.cases import SCORE_COLUMNS, score_rows
+from JMIDAnomalyLib.scene.mrml import HEATMAP_COLOR_NODE_ID, load_scene, volume_node_to_image
+from JMIDAnomalyLib.training.config import TrainConfig
+from JMIDAnomalyLib.training.job import train
 from test_geometry import ORIENTATIONS
 
 CASES = 16
@@ -76,12 +76,27 @@ def bundle(tmp_path_factory, example_ct, organs_seg) -> Path:
                 "calcification": int(lesion),
                 "nofinding": int(not lesion),
             }
-            writer.writerow({"case_id": f"c{i:02d}", "patient_id": f"P{i:02d}", "side": "",
-                             "evidence": "肝に石灰化" if lesion else "", **row})  # fmt: skip
+            writer.writerow(
+                {
+                    "case_id": f"c{i:02d}",
+                    "patient_id": f"P{i:02d}",
+                    "side": "",
+                    "evidence": "肝に石灰化" if lesion else "",
+                    **row,
+                }
+            )
     config = TrainConfig.for_cohort(
-        root, root / "labels", root / "run", root / "crops", organ="liver", folds=2, epochs=2,
-        batch_size=4, model="mil_local", tensorboard=False,
-    )  # fmt: skip
+        root,
+        root / "labels",
+        root / "run",
+        root / "crops",
+        organ="liver",
+        folds=2,
+        epochs=2,
+        batch_size=4,
+        model="mil_local",
+        tensorboard=False,
+    )
     return train(config)
 
 
@@ -110,8 +125,9 @@ def analyze_in(orientation, predictor, image, seg, names, folder: Path):
     write_image(reorient(image, direction), folder / "ct.nii.gz")
     write_image(reorient(seg, direction, nearest=True), folder / "seg.nii.gz")
     (folder / "seg.json").write_text(json.dumps({str(k): v for k, v in names.items()}))
-    analysis = analyze_case(folder / "ct.nii.gz", predictor, folder / "out",
-                            folder / "seg.nii.gz", scene=False)  # fmt: skip
+    analysis = analyze_case(
+        folder / "ct.nii.gz", predictor, folder / "out", folder / "seg.nii.gz", scene=False
+    )
     liver = next(o for o in analysis.organs if o.organ == "liver")
     heat = read_image(folder / "out" / "heatmap_liver.nii.gz")
     ct_grid = Grid.from_image(read_image(folder / "ct.nii.gz"))
@@ -144,8 +160,9 @@ def reference_result(predictor, example_ct, organs_seg, tmp_path_factory):
 
 
 @pytest.mark.parametrize("orientation", ["RAS", "LAS", "oblique"])
-def test_any_orientation_gives_the_same_scores_and_heatmap(orientation, predictor, organs_seg,
-                                                           reference_result, tmp_path):  # fmt: skip
+def test_any_orientation_gives_the_same_scores_and_heatmap(
+    orientation, predictor, organs_seg, reference_result, tmp_path
+):
     seg, names = organs_seg
     image, (scores_lps, explained_lps, heat_lps) = reference_result
     if orientation == "oblique":  # compare full maps, not coarse-to-fine selections
@@ -191,8 +208,9 @@ def test_results_folder_scene_and_hirescam(predictor, example_ct, organs_seg, tm
     write_image(seg, tmp_path / "seg.nii.gz")
     (tmp_path / "seg.json").write_text(json.dumps({str(k): v for k, v in names.items()}))
     out = tmp_path / "out"
-    analyze_case(tmp_path / "ct.nii.gz", predictor, out, tmp_path / "seg.nii.gz",
-                 explain="hirescam")  # fmt: skip
+    analyze_case(
+        tmp_path / "ct.nii.gz", predictor, out, tmp_path / "seg.nii.gz", explain="hirescam"
+    )
     scores = json.loads((out / "scores.json").read_text())
     assert scores["format"] == 1 and scores["explain"] == "hirescam"
     liver = next(o for o in scores["organs"] if o["organ"] == "liver")
@@ -209,8 +227,12 @@ def test_results_folder_scene_and_hirescam(predictor, example_ct, organs_seg, tm
     # The heatmap overlay: on the CT's geometry, PET-Heat colours, zero thresholded away.
     heat_node = scene.GetFirstNodeByName("CT heatmap liver")
     ct_node = scene.GetFirstNodeByName("CT")
-    assert Grid.from_image(volume_node_to_image(heat_node)).difference(
-        Grid.from_image(volume_node_to_image(ct_node))) is None  # fmt: skip
+    assert (
+        Grid.from_image(volume_node_to_image(heat_node)).difference(
+            Grid.from_image(volume_node_to_image(ct_node))
+        )
+        is None
+    )
     display = heat_node.GetDisplayNode()
     assert display.GetColorNodeID() == HEATMAP_COLOR_NODE_ID and display.GetApplyThreshold()
     assert 0 < display.GetLowerThreshold() < heat.max()
@@ -226,8 +248,9 @@ def test_results_folder_scene_and_hirescam(predictor, example_ct, organs_seg, tm
         assert r["flag"] == int(entry["flag"])
 
 
-def test_bad_inputs_get_clear_messages(bundle, predictor, example_ct, organs_seg, reference_data,
-                                       jmid_command, tmp_path):  # fmt: skip
+def test_bad_inputs_get_clear_messages(
+    bundle, predictor, example_ct, organs_seg, reference_data, jmid_command, tmp_path
+):
     seg, names = organs_seg
     write_image(example_ct, tmp_path / "ct.nii.gz")
     write_image(seg, tmp_path / "seg.nii.gz")
@@ -236,8 +259,11 @@ def test_bad_inputs_get_clear_messages(bundle, predictor, example_ct, organs_seg
 
     def run(*extra):
         out = tmp_path / "out"
-        result = subprocess.run([*jmid_command, "analyze", *args, "--out", str(out), *extra],
-                                capture_output=True, text=True)  # fmt: skip
+        result = subprocess.run(
+            [*jmid_command, "analyze", *args, "--out", str(out), *extra],
+            capture_output=True,
+            text=True,
+        )
         assert result.returncode == 2, result.stderr
         assert not out.exists(), "nothing may be written on failure"
         return result.stderr

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from JMIDAnomalyLib.cohort import build_cohort
-from JMIDAnomalyLib.geometry import Grid
+from JMIDAnomalyLib.common.organs import TOTALSEGMENTATOR_ORGANS
+from JMIDAnomalyLib.demo.cohort import build_cohort
+from JMIDAnomalyLib.imaging.geometry import Grid
 from JMIDAnomalyLib.labels.labeling import LabelOptions, label_reports
-from JMIDAnomalyLib.organs import TOTALSEGMENTATOR_ORGANS
 
 CASES = 16
 
@@ -86,10 +86,18 @@ def test_reports_label_back_to_exactly_the_planted_classes(cohort, tmp_path, sou
     for organ in ("liver", "spleen", "kidney", "pancreas", "gallbladder"):
         with (tmp_path / "labels" / f"{organ}.csv").open(encoding="utf-8") as f:
             for row in csv.DictReader(f):
-                planted = {f["cls"] for f in truth[row["case_id"]]["findings"]
-                           if f["organ"] == organ and (f["side"] or "") == row["side"]}  # fmt: skip
-                found = {c for c, v in row.items() if v == "1" and c not in ("nofinding",)
-                         and c not in ("case_id", "patient_id", "side")}  # fmt: skip
+                planted = {
+                    f["cls"]
+                    for f in truth[row["case_id"]]["findings"]
+                    if f["organ"] == organ and (f["side"] or "") == row["side"]
+                }
+                found = {
+                    c
+                    for c, v in row.items()
+                    if v == "1"
+                    and c not in ("nofinding",)
+                    and c not in ("case_id", "patient_id", "side")
+                }
                 assert found == planted, (row["case_id"], organ, row["side"], found, planted)
 
 

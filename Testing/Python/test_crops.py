@@ -7,11 +7,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from JMIDAnomalyLib.cli import main
-from JMIDAnomalyLib.cropcache import CropCache
-from JMIDAnomalyLib.crops import CropConfig, crop_organs, make_25d, sample_indices
-from JMIDAnomalyLib.errors import InputError
-from JMIDAnomalyLib.geometry import Grid, centroid_lps, map_to_source
+from JMIDAnomalyLib.apps.cli.main import main
+from JMIDAnomalyLib.common.errors import InputError
+from JMIDAnomalyLib.imaging.crop_cache import CropCache
+from JMIDAnomalyLib.imaging.crops import CropConfig, crop_organs, sample_indices
+from JMIDAnomalyLib.imaging.geometry import Grid, centroid_lps, map_to_source
 
 DEMO = CropConfig.preset("demo")
 
@@ -27,10 +27,13 @@ def published_crops(example_ct, example_seg, label_names):
 
 
 ORGAN_STRUCTURES = [
-    ("liver", "liver"), ("spleen", "spleen"), ("pancreas", "pancreas"),
-    ("kidney_left", "kidney_left"), ("kidney_right", "kidney_right"),
+    ("liver", "liver"),
+    ("spleen", "spleen"),
+    ("pancreas", "pancreas"),
+    ("kidney_left", "kidney_left"),
+    ("kidney_right", "kidney_right"),
     ("adrenal_left", "adrenal_gland_left"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("key,structure", ORGAN_STRUCTURES)
@@ -120,8 +123,9 @@ def test_mask_mode_sets_air_outside_box_mode_keeps_tissue(example_ct, example_se
     assert np.mean(box["spleen"].image == -1.0) < np.mean(mask["spleen"].image == -1.0)
 
 
-def test_negative_margin_keeps_the_interior_and_fill_hides_the_outline(example_ct, example_seg,
-                                                                        label_names):  # fmt: skip
+def test_negative_margin_keeps_the_interior_and_fill_hides_the_outline(
+    example_ct, example_seg, label_names
+):
     """margin_mm < 0 erodes the kept region; fill_hu replaces air outside it."""
     from scipy.ndimage import binary_erosion
 
@@ -151,7 +155,10 @@ def test_25d_samples():
     assert idx.shape == (32, 5) and idx.min() == 0 and idx.max() == 63
     assert np.all(np.diff(idx, axis=1) == 1)
     volume = np.arange(64)[:, None, None] * np.ones((64, 8, 8))
-    stacks = make_25d(volume, 32, 5)
+    import torch
+    from JMIDAnomalyLib.models.inputs import model_batch
+
+    stacks = model_batch(torch.from_numpy(volume)[None], "2.5d", 32, 5)[0].numpy()
     assert stacks.shape == (32, 5, 8, 8) and stacks[0, :, 0, 0].tolist() == [0, 1, 2, 3, 4]
 
 
@@ -181,9 +188,23 @@ def test_cache_writes_once_and_reloads(example_ct, example_seg, label_names, tmp
 
 def test_crop_command_writes_overlayable_volumes(reference_data, tmp_path):
     out = tmp_path / "crops"
-    status = main(["crop", "--ct", str(reference_data.ct), "--seg", str(reference_data.ct_seg),
-                   "--labels", str(reference_data.labels_json), "--organs", "liver,spleen",
-                   "--preset", "demo", "--out", str(out)])  # fmt: skip
+    status = main(
+        [
+            "crop",
+            "--ct",
+            str(reference_data.ct),
+            "--seg",
+            str(reference_data.ct_seg),
+            "--labels",
+            str(reference_data.labels_json),
+            "--organs",
+            "liver,spleen",
+            "--preset",
+            "demo",
+            "--out",
+            str(out),
+        ]
+    )
     assert status == 0
     liver = sitk.ReadImage(str(out / "liver.nii.gz"))
     assert liver.GetSize() == (64, 64, 24)
@@ -194,5 +215,19 @@ def test_crop_command_writes_overlayable_volumes(reference_data, tmp_path):
         "spleen.nii.gz",
         "spleen_mask.nii.gz",
     ]
-    assert main(["crop", "--ct", str(reference_data.ct), "--seg", str(reference_data.ct_seg),
-                 "--out", str(tmp_path / "x"), "--organs", "lung"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "crop",
+                "--ct",
+                str(reference_data.ct),
+                "--seg",
+                str(reference_data.ct_seg),
+                "--out",
+                str(tmp_path / "x"),
+                "--organs",
+                "lung",
+            ]
+        )
+        == 2
+    )

@@ -6,9 +6,9 @@ import json
 import subprocess
 
 import SimpleITK as sitk
-from JMIDAnomalyLib.bundle import load_bundle
-from JMIDAnomalyLib.geometry import Grid
-from JMIDAnomalyLib.mrml import load_scene, segment_names, volume_node_to_image
+from JMIDAnomalyLib.imaging.geometry import Grid
+from JMIDAnomalyLib.models.bundle import load_bundle
+from JMIDAnomalyLib.scene.mrml import load_scene, segment_names, volume_node_to_image
 
 
 def test_demo_runs_end_to_end_and_reuses_its_cache(demo_run):
@@ -36,8 +36,9 @@ def test_demo_runs_end_to_end_and_reuses_its_cache(demo_run):
     heat = sitk.ReadImage(str(analysis / liver["heatmap"]))
     expected = sitk.ReadImage(str(out / "cohort" / "images" / f"{analysis.name}.nii.gz"))
     assert Grid.from_image(heat).difference(Grid.from_image(expected), 1e-3) is None
-    names = segment_names(load_scene(analysis / "scene.mrb").GetFirstNodeByClass(
-        "vtkMRMLSegmentationNode"))  # fmt: skip
+    names = segment_names(
+        load_scene(analysis / "scene.mrb").GetFirstNodeByClass("vtkMRMLSegmentationNode")
+    )
     assert "liver" in names
     # The planted-findings scene of one case.
     scene = load_scene(out / "scene.mrb")
@@ -57,9 +58,18 @@ def test_demo_runs_end_to_end_and_reuses_its_cache(demo_run):
 
 def test_scene_command_keeps_only_abdominal_organs(jmid_command, reference_data, tmp_path):
     out = tmp_path / "case.mrml"
-    command = [*jmid_command, "scene", "--ct", str(reference_data.ct_small), "--seg",
-               str(reference_data.ct_small_seg), "--labels", str(reference_data.labels_json),
-               "--out", str(out)]  # fmt: skip
+    command = [
+        *jmid_command,
+        "scene",
+        "--ct",
+        str(reference_data.ct_small),
+        "--seg",
+        str(reference_data.ct_small_seg),
+        "--labels",
+        str(reference_data.labels_json),
+        "--out",
+        str(out),
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     names = segment_names(load_scene(out).GetFirstNodeByClass("vtkMRMLSegmentationNode"))

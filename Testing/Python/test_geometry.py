@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from JMIDAnomalyLib.geometry import (
+from JMIDAnomalyLib.imaging.geometry import (
     CropRecord,
     Grid,
     centroid_lps,
@@ -14,7 +14,7 @@ from JMIDAnomalyLib.geometry import (
     resample_to_grid,
     resample_to_size,
 )
-from JMIDAnomalyLib.imageio import read_image, read_label_map, write_image
+from JMIDAnomalyLib.imaging.volumes import read_image, read_label_map, write_image
 
 
 def _rotation(axis: str, degrees: float) -> np.ndarray:

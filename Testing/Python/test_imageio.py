@@ -7,10 +7,10 @@ import subprocess
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from JMIDAnomalyLib.cli import main
-from JMIDAnomalyLib.errors import InputError
-from JMIDAnomalyLib.geometry import Grid
-from JMIDAnomalyLib.imageio import image_from_array, read_ct, read_label_map, write_image
+from JMIDAnomalyLib.apps.cli.main import main
+from JMIDAnomalyLib.common.errors import InputError
+from JMIDAnomalyLib.imaging.geometry import Grid
+from JMIDAnomalyLib.imaging.volumes import image_from_array, read_ct, read_label_map, write_image
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])

@@ -7,10 +7,10 @@ import json
 
 import pytest
 from gold import expand_entities, gold_labels, load_gold, row_key
-from JMIDAnomalyLib.cli import main
-from JMIDAnomalyLib.errors import InputError
+from JMIDAnomalyLib.apps.cli.main import main
+from JMIDAnomalyLib.common.errors import InputError
+from JMIDAnomalyLib.common.organs import ORGAN_CLASSES, ORGANS
 from JMIDAnomalyLib.labels.labeling import LabelOptions, label_reports
-from JMIDAnomalyLib.organs import ORGAN_CLASSES, ORGANS
 
 HEADER = ["file_name", "患者ID", "所見", "findings_Eng", "所見_JSON"]
 
@@ -22,13 +22,15 @@ def gold_rows() -> list[list[str]]:
         if "structured" in item:
             entities = expand_entities(item["text"], item["structured"])
             structured = json.dumps(entities, ensure_ascii=False)
-        rows.append([
-            f"{item['id']}.nii.gz",
-            f"P{i // 3:03d}",  # three exams per patient
-            item["text"] if item["lang"] == "ja" else "",
-            item["text"] if item["lang"] == "en" else "",
-            structured,
-        ])  # fmt: skip
+        rows.append(
+            [
+                f"{item['id']}.nii.gz",
+                f"P{i // 3:03d}",  # three exams per patient
+                item["text"] if item["lang"] == "ja" else "",
+                item["text"] if item["lang"] == "en" else "",
+                structured,
+            ]
+        )
     return rows
 
 

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import vtk
-from JMIDAnomalyLib import mrml
-from JMIDAnomalyLib.geometry import Grid, centroid_lps
-from JMIDAnomalyLib.labelmaps import select_organs
-from JMIDAnomalyLib.organs import ORGAN_COLORS, TOTALSEGMENTATOR_ORGANS
-from JMIDAnomalyLib.scenes import add_case_to_scene, import_segmentation_for_volume
+from JMIDAnomalyLib.common.organs import ORGAN_COLORS, TOTALSEGMENTATOR_ORGANS
+from JMIDAnomalyLib.imaging.geometry import Grid, centroid_lps
+from JMIDAnomalyLib.imaging.label_tables import select_organs
+from JMIDAnomalyLib.scene import mrml
+from JMIDAnomalyLib.scene.cases import add_case_to_scene, import_segmentation_for_volume
 from slicer import vtkMRMLScene
 from test_geometry import CENTER, ORIENTATIONS, sphere_volume
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from JMIDAnomalyLib.cli import main
-from JMIDAnomalyLib.errors import InputError
-from JMIDAnomalyLib.referencedata import cache_dir
-from JMIDAnomalyLib.segmentation import OrganSegmenter, load_checkpoint
+from JMIDAnomalyLib.apps.cli.main import main
+from JMIDAnomalyLib.common.errors import InputError
+from JMIDAnomalyLib.demo.reference_data import cache_dir
+from JMIDAnomalyLib.segmentation.nnunet import OrganSegmenter, load_checkpoint
 from tiny_nnunet import HOLDOUT_SEED, RECIPE_VERSION, TRAIN_SEEDS, make_case, model_folder
 
 
@@ -83,13 +83,40 @@ def test_numpy_in_numpy_out_and_reoriented_input(segmenter, holdout):
 def test_segment_then_crop_from_the_command_line(tiny_model, holdout, tmp_path):
     ct, _ = holdout
     sitk.WriteImage(ct, str(tmp_path / "ct.nii.gz"))
-    assert main(["segment", "--ct", str(tmp_path / "ct.nii.gz"), "--model", str(tiny_model),
-                 "--out", str(tmp_path / "seg.nii.gz")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "segment",
+                "--ct",
+                str(tmp_path / "ct.nii.gz"),
+                "--model",
+                str(tiny_model),
+                "--out",
+                str(tmp_path / "seg.nii.gz"),
+            ]
+        )
+        == 0
+    )
     table = json.loads((tmp_path / "seg.json").read_text())
     assert table == {"1": "liver", "2": "spleen", "3": "kidney_left", "4": "kidney_right"}
-    assert main(["crop", "--ct", str(tmp_path / "ct.nii.gz"), "--seg", str(tmp_path / "seg.nii.gz"),
-                 "--organs", "liver", "--preset", "demo",
-                 "--out", str(tmp_path / "crops")]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "crop",
+                "--ct",
+                str(tmp_path / "ct.nii.gz"),
+                "--seg",
+                str(tmp_path / "seg.nii.gz"),
+                "--organs",
+                "liver",
+                "--preset",
+                "demo",
+                "--out",
+                str(tmp_path / "crops"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "crops" / "crops.json").read_text())
     assert report["crops"][0]["organ"] == "liver" and report["crops"][0]["status"] in (
         "ok",

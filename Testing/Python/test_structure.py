@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
+import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -20,7 +22,7 @@ CORE_MODULES = sorted(
 FORBIDDEN_IMPORTS = (
     "qt", "ctk", "PythonQt", "slicer.util", "slicer.app", "slicer.mrmlScene",
     "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper", "slicer.i18n",
-)  # fmt: skip
+)  # fmt: skip  # a table of names
 FORBIDDEN_ATTRIBUTES = (
     "util",
     "app",
@@ -155,7 +157,7 @@ def test_code_passes_ruff():
 
 
 def test_slicer_requirements_agree_with_the_pinned_test_environment(tmp_path):
-    from JMIDAnomalyLib.dependencies import missing_requirements, read_requirements
+    from JMIDAnomalyLib.apps.dependencies import missing_requirements, read_requirements
     from packaging.requirements import Requirement
 
     pins = {}
@@ -172,7 +174,9 @@ def test_slicer_requirements_agree_with_the_pinned_test_environment(tmp_path):
     bad = tmp_path / "requirements.txt"
     bad.write_text("# comment\nnumpy<1.0  # too old\nno-such-package-jmid>=1\n")
     assert [m.split()[0] for m in missing_requirements(bad, include_torch=False)] == [
-        "numpy<1.0", "no-such-package-jmid>=1"]  # fmt: skip
+        "numpy<1.0",
+        "no-such-package-jmid>=1",
+    ]
 
 
 def test_extension_index_entry_matches_the_cmake_metadata():
@@ -180,11 +184,93 @@ def test_extension_index_entry_matches_the_cmake_metadata():
 
     entry = json.loads((REPO / "Resources" / "ExtensionIndex" / "JMIDAnomaly.json").read_text())
     assert {"$schema", "category", "scm_url"} <= set(entry)
-    allowed = {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision",
-               "scm_type", "scm_url", "tier"}  # fmt: skip
+    allowed = {
+        "$schema",
+        "build_dependencies",
+        "build_subdirectory",
+        "category",
+        "scm_revision",
+        "scm_type",
+        "scm_url",
+        "tier",
+    }
     assert set(entry) <= allowed, "the catalog schema allows no other properties"
     top = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     meta = dict(re.findall(r'set\(EXTENSION_(\w+) "([^"]*)"\)', top))
     assert entry["category"] == meta["CATEGORY"]
     assert entry["build_dependencies"] == meta["DEPENDS"].split()
     assert entry["scm_url"].removesuffix(".git") == meta["HOMEPAGE"]
+
+
+def _lint_imports(package_parent: Path, cwd: Path) -> subprocess.CompletedProcess:
+    """import-linter on the contracts of pyproject.toml, for the JMIDAnomalyLib under
+    ``package_parent``."""
+    lint = Path(sys.executable).with_name("lint-imports")
+    env = {**os.environ, "PYTHONPATH": str(package_parent)}
+    command = [str(lint), "--no-cache", str(REPO / "pyproject.toml")]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env)
+
+
+def test_layers_hold_and_no_subpackage_has_an_import_cycle(tmp_path):
+    result = _lint_imports(REPO / "JMIDAnomaly", tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "2 kept, 0 broken" in result.stdout
+    # The same contracts catch an upward import and a cycle (in a copy of the core).
+    for module, line in (
+        ("common/organs.py", "from JMIDAnomalyLib.apps import trainer"),
+        ("imaging/geometry.py", "from JMIDAnomalyLib.imaging import volumes"),
+    ):
+        copy = tmp_path / module.replace("/", "_")
+        shutil.copytree(CORE, copy / "JMIDAnomalyLib", ignore=shutil.ignore_patterns("__pycache__"))
+        target = copy / "JMIDAnomalyLib" / module
+        target.write_text(target.read_text() + f"\n{line}  # noqa\n")
+        result = _lint_imports(copy, tmp_path)
+        assert result.returncode != 0 and "broken" in result.stdout, (module, result.stdout)
+
+
+def test_core_files_and_functions_stay_small():
+    """No core file over 400 lines, no function over 60 lines (DESIGN.md: style)."""
+    long_files, long_functions = [], []
+    for path in CORE.rglob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        if len(source.splitlines()) > 400:
+            long_files.append(path.relative_to(CORE).as_posix())
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                if node.end_lineno - node.lineno + 1 > 60:
+                    long_functions.append(f"{path.relative_to(CORE).as_posix()}:{node.name}")
+    assert not long_files and not long_functions, (long_files, long_functions)
+    for module in ("JMIDAnomaly/JMIDAnomaly.py", "JMIDTrainer/JMIDTrainer.py"):
+        assert len((REPO / module).read_text(encoding="utf-8").splitlines()) < 400, module
+
+
+def test_the_formatter_owns_the_layout():
+    """A handful of `fmt: skip` at most, each for a table and saying so."""
+    skips = []
+    for folder in ("JMIDAnomaly", "JMIDTrainer", "Testing", "scripts"):
+        for path in (REPO / folder).rglob("*.py"):
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+                marker = re.search(r"#\s*fmt:\s*(?:skip|off)(.*)$", line)
+                if marker:
+                    skips.append((f"{path.name}:{number}", marker.group(1)))
+    assert len(skips) <= 10, skips
+    assert all("#" in reason for _, reason in skips), f"each skip says why: {skips}"
+
+
+def test_public_core_api_is_documented():
+    """Every public class, function and method of the core has a docstring."""
+    missing = []
+
+    def visit(body, path, prefix=""):
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                if node.name.startswith("_"):
+                    continue
+                if ast.get_docstring(node) is None:
+                    missing.append(f"{path.relative_to(CORE).as_posix()}:{prefix}{node.name}")
+                if isinstance(node, ast.ClassDef):
+                    visit(node.body, path, f"{prefix}{node.name}.")
+
+    for path in CORE.rglob("*.py"):
+        visit(ast.parse(path.read_text(encoding="utf-8")).body, path)
+    assert not missing, missing

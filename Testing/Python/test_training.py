@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from JMIDAnomalyLib.bundle import load_bundle
-from JMIDAnomalyLib.cohort import build_cohort
-from JMIDAnomalyLib.errors import InputError
+from JMIDAnomalyLib.common.errors import InputError
+from JMIDAnomalyLib.demo.cohort import build_cohort
 from JMIDAnomalyLib.labels.labeling import label_reports
-from JMIDAnomalyLib.trainconfig import TrainConfig
-from JMIDAnomalyLib.trainjob import train
+from JMIDAnomalyLib.models.bundle import load_bundle
+from JMIDAnomalyLib.training.config import TrainConfig
+from JMIDAnomalyLib.training.job import train
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
@@ -70,7 +70,7 @@ def test_resume_after_kill_finishes_with_the_same_epochs(data, tmp_path):
     cfg = config(data, out, epochs=4)
     cfg_file = tmp_path / "train.json"
     cfg.save(cfg_file)
-    command = [sys.executable, "-m", "JMIDAnomalyLib.cli", "train", "--config", str(cfg_file)]
+    command = [sys.executable, "-m", "JMIDAnomalyLib", "train", "--config", str(cfg_file)]
     env = dict(ENV, PYTHONPATH=str(Path(__file__).resolve().parents[2] / "JMIDAnomaly"))
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
@@ -101,7 +101,7 @@ def test_ddp_with_two_gloo_processes_gives_a_bundle(data, tmp_path):
         "--standalone",
         "--nproc_per_node=2",
         "-m",
-        "JMIDAnomalyLib.cli",
+        "JMIDAnomalyLib",
         "train",
         "--config",
         str(cfg_file),
@@ -158,7 +158,7 @@ def test_config_round_trip_and_errors(tmp_path):
 
 
 def test_evaluate_oof_and_held_out(data, tmp_path):
-    from JMIDAnomalyLib.cli import main
+    from JMIDAnomalyLib.apps.cli.main import main
 
     run = tmp_path / "run"
     bundle = train(config(data, run, epochs=2))
@@ -209,7 +209,7 @@ def test_evaluate_oof_and_held_out(data, tmp_path):
 def test_mil_local_features_see_a_neighbourhood_only():
     """The demo model's encoder ends after stage 2: a feature at one corner of the 8x8 map does
     not change when pixels 28 to 31 do (it sees about 20 pixels), while mil_small's do."""
-    from JMIDAnomalyLib.models import create_model
+    from JMIDAnomalyLib.models.registry import create_model
 
     torch.manual_seed(0)
     x = torch.randn(1, 1, 3, 64, 64)

@@ -21,12 +21,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO
-from JMIDAnomalyLib.organs import ORGAN_CLASSES
+from JMIDAnomalyLib.common.organs import ORGAN_CLASSES
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("JMID_TEST_ARTIFACTS", REPO / "Testing" / "artifacts"))
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @pytest.fixture
@@ -57,9 +63,18 @@ def review_server(demo_run, jmid_command, tmp_path):
     """``jmid review`` on the demo's predictions; yields (url, feedback CSV, process)."""
     _, demo, _ = demo_run
     feedback = tmp_path / "feedback.csv"
-    command = [*jmid_command, "review", "--bundle", str(demo / "training" / "liver" / "bundle"),
-               "--cases", str(demo / "evaluation" / "liver" / "predictions.csv"),
-               "--data-root", str(demo / "cohort"), "--feedback", str(feedback)]  # fmt: skip
+    command = [
+        *jmid_command,
+        "review",
+        "--bundle",
+        str(demo / "training" / "liver" / "bundle"),
+        "--cases",
+        str(demo / "evaluation" / "liver" / "predictions.csv"),
+        "--data-root",
+        str(demo / "cohort"),
+        "--feedback",
+        str(feedback),
+    ]
     url, process = _serve(command, tmp_path / "review.log")
     yield url, feedback, process
     _stop(process)
@@ -169,7 +184,10 @@ def test_browser_review_reads_a_case_and_marks_a_false_positive(review_server, p
     assert len(marks) == 1
     mark = marks[0]
     assert (mark["verdict"], mark["outcome"], mark["comment"]) == (
-        "model_wrong", "FP", "heatmap on the gallbladder")  # fmt: skip
+        "model_wrong",
+        "FP",
+        "heatmap on the gallbladder",
+    )
     assert item.split(": ")[1].startswith(f"{mark['case_id']} liver {mark['class']}")
     with (demo / "evaluation" / "liver" / "predictions.csv").open(encoding="utf-8") as f:
         predicted = {(r["case_id"], r["class"]): r for r in csv.DictReader(f)}
@@ -189,8 +207,9 @@ def _serve(command: list[str], log_path: Path) -> tuple[str, subprocess.Popen]:
     """Start ``command`` + ``--port P``; returns (url, process) once it answers."""
     port = _free_port()
     log = log_path.open("w")
-    process = subprocess.Popen([*command, "--port", str(port)], stdout=log,
-                               stderr=subprocess.STDOUT)  # fmt: skip
+    process = subprocess.Popen(
+        [*command, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
+    )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
     while True:
@@ -210,10 +229,20 @@ def test_browser_review_of_one_ct(demo_run, jmid_command, page, tmp_path):
     _, demo, _ = demo_run
     cohort = demo / "cohort"
     case = sorted((cohort / "images").glob("*.nii.gz"))[-1].name.removesuffix(".nii.gz")
-    command = [*jmid_command, "review", "--bundle", str(demo / "training" / "liver" / "bundle"),
-               "--ct", str(cohort / "images" / f"{case}.nii.gz"),
-               "--seg", str(cohort / "segs" / f"{case}.nii.gz"),
-               "--seg-labels", str(cohort / "labels.json"), "--explain", "none"]  # fmt: skip
+    command = [
+        *jmid_command,
+        "review",
+        "--bundle",
+        str(demo / "training" / "liver" / "bundle"),
+        "--ct",
+        str(cohort / "images" / f"{case}.nii.gz"),
+        "--seg",
+        str(cohort / "segs" / f"{case}.nii.gz"),
+        "--seg-labels",
+        str(cohort / "labels.json"),
+        "--explain",
+        "none",
+    ]
     url, process = _serve(command, tmp_path / "review.log")
     try:
         # Served on 127.0.0.1 only: the machine's other addresses refuse the port.
@@ -250,8 +279,12 @@ def test_review_command_rejects_bad_input(demo_run, jmid_command, tmp_path):
         (["--bundle", bundle, "--ct", str(tmp_path / "ct.nii.gz")], "ct.nii.gz"),
     ]
     for args, named in cases:
-        result = subprocess.run([*jmid_command, "review", *args, "--port", "0"],
-                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        result = subprocess.run(
+            [*jmid_command, "review", *args, "--port", "0"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert result.returncode == 2, result.stderr
         assert "error:" in result.stderr and named in result.stderr
         assert "Traceback" not in result.stderr

@@ -9,19 +9,21 @@ import time
 from pathlib import Path
 
 import pytest
-from JMIDAnomalyLib.analyzejob import AnalyzeConfig
-from JMIDAnomalyLib.workerclient import WorkerClient
+from JMIDAnomalyLib.inference.analyze_job import AnalyzeConfig
+from JMIDAnomalyLib.worker.client import WorkerClient
 
 
 def _held_out_config(out_dir: Path, demo: Path, case: str | None = None) -> AnalyzeConfig:
     cohort = demo / "cohort"
     case = case or next((demo / "analysis").iterdir()).name
     return AnalyzeConfig(
-        ct=str(cohort / "images" / f"{case}.nii.gz"), out=str(out_dir / case),
+        ct=str(cohort / "images" / f"{case}.nii.gz"),
+        out=str(out_dir / case),
         bundles=[str(demo / "training" / "liver" / "bundle")],
-        seg=str(cohort / "segs" / f"{case}.nii.gz"), seg_labels=str(cohort / "labels.json"),
+        seg=str(cohort / "segs" / f"{case}.nii.gz"),
+        seg_labels=str(cohort / "labels.json"),
         scene=False,
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture

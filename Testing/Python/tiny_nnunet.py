@@ -35,10 +35,10 @@ def make_case(seed: int):
     """A deformed copy of the example CT with a label map of STRUCTURES (1..4)."""
     import numpy as np
     import SimpleITK as sitk
-    from JMIDAnomalyLib.deform import deform_case
-    from JMIDAnomalyLib.geometry import Grid, resample_to_grid
-    from JMIDAnomalyLib.imageio import read_ct, read_label_map
-    from JMIDAnomalyLib.referencedata import fetch_reference_data
+    from JMIDAnomalyLib.demo.deformation import deform_case
+    from JMIDAnomalyLib.demo.reference_data import fetch_reference_data
+    from JMIDAnomalyLib.imaging.geometry import Grid, resample_to_grid
+    from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map
 
     data = fetch_reference_data()
     ct = read_ct(data.ct)
@@ -56,8 +56,10 @@ def make_case(seed: int):
         int(round(n * s / SPACING_MM)) for n, s in zip(ct.GetSize(), ct.GetSpacing(), strict=True)
     ]
     grid = Grid.from_image(ct).resized(tuple(size))
-    return (sitk.Cast(resample_to_grid(ct, grid, "linear", -1024), sitk.sitkInt16),
-            resample_to_grid(labels, grid, "nearest"))  # fmt: skip
+    return (
+        sitk.Cast(resample_to_grid(ct, grid, "linear", -1024), sitk.sitkInt16),
+        resample_to_grid(labels, grid, "nearest"),
+    )
 
 
 def model_folder(root: Path) -> Path:
@@ -75,8 +77,13 @@ def build(root: Path) -> Path:
         sitk.WriteImage(ct, str(raw / "imagesTr" / f"case{seed:03d}_0000.nii.gz"))
         sitk.WriteImage(seg, str(raw / "labelsTr" / f"case{seed:03d}.nii.gz"))
     labels = {"background": 0} | {name: i for i, name in enumerate(STRUCTURES, start=1)}
-    dataset = {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": len(TRAIN_SEEDS),
-               "file_ending": ".nii.gz", "name": "JMID tiny test model"}  # fmt: skip
+    dataset = {
+        "channel_names": {"0": "CT"},
+        "labels": labels,
+        "numTraining": len(TRAIN_SEEDS),
+        "file_ending": ".nii.gz",
+        "name": "JMID tiny test model",
+    }
     (raw / "dataset.json").write_text(json.dumps(dataset, indent=1))
 
     os.environ.update(
@@ -122,8 +129,13 @@ def build(root: Path) -> Path:
     dataset_json = json.loads((raw / "dataset.json").read_text())
     os.environ["nnUNet_n_proc_DA"] = "0"  # augmentation in the main process: CPU-friendly
     plans["continue_training"] = False  # nnU-Net 2.8 reads (and pops) this from the plans
-    trainer = nnUNetTrainer(plans=plans, configuration=CONFIGURATION, fold="all",
-                            dataset_json=dataset_json, device=torch.device("cpu"))  # fmt: skip
+    trainer = nnUNetTrainer(
+        plans=plans,
+        configuration=CONFIGURATION,
+        fold="all",
+        dataset_json=dataset_json,
+        device=torch.device("cpu"),
+    )
     trainer.num_epochs = EPOCHS
     trainer.num_iterations_per_epoch = ITERATIONS
     trainer.num_val_iterations_per_epoch = VAL_ITERATIONS

@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "JMIDAnomaly"))
 
 import numpy as np  # noqa: E402
-from JMIDAnomalyLib.analysis import AnomalyPredictor  # noqa: E402
-from JMIDAnomalyLib.analyzejob import analyze_case  # noqa: E402
+from JMIDAnomalyLib.inference.analyze_job import analyze_case  # noqa: E402
+from JMIDAnomalyLib.inference.predictor import AnomalyPredictor  # noqa: E402
 
 
 def main() -> int:
@@ -40,14 +40,19 @@ def main() -> int:
         for case in cases:
             t = time.perf_counter()
             analysis = analyze_case(
-                args.cohort / "images" / f"{case}.nii.gz", predictor, Path(work) / case,
-                args.cohort / "segs" / f"{case}.nii.gz", args.cohort / "labels.json",
+                args.cohort / "images" / f"{case}.nii.gz",
+                predictor,
+                Path(work) / case,
+                args.cohort / "segs" / f"{case}.nii.gz",
+                args.cohort / "labels.json",
                 explain=args.explain,
-            )  # fmt: skip
+            )
             times.append(time.perf_counter() - t)
             organs = ", ".join(o.key for o in analysis.organs if o.scores)
-            print(f"{case}: {times[-1]:5.1f} s ({organs}; analysis {analysis.seconds:.1f} s, "
-                  f"the rest writing outputs)")  # fmt: skip
+            print(
+                f"{case}: {times[-1]:5.1f} s ({organs}; analysis {analysis.seconds:.1f} s, "
+                f"the rest writing outputs)"
+            )
     print(f"median {np.median(times):.1f} s per case (target < 60 s)")
     return 0 if np.median(times) < 60 else 1
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "JMIDAnomaly"))
 
-from JMIDAnomalyLib.cohort import build_cohort  # noqa: E402
-from JMIDAnomalyLib.referencedata import fetch_reference_data  # noqa: E402
+from JMIDAnomalyLib.demo.cohort import build_cohort  # noqa: E402
+from JMIDAnomalyLib.demo.reference_data import fetch_reference_data  # noqa: E402
 
 
 def main() -> int:
@@ -26,9 +26,11 @@ def main() -> int:
         start = time.perf_counter()
         summary = build_cohort(out, cases=args.cases, seed=0)
         seconds = time.perf_counter() - start
-    print(f"{summary['cases']} cases ({summary['patients']} patients, "
-          f"{summary['cases_with_findings']} with findings) built in {seconds:.1f} s; "
-          f"{summary['size_mb']} MB on disk")  # fmt: skip
+    print(
+        f"{summary['cases']} cases ({summary['patients']} patients, "
+        f"{summary['cases_with_findings']} with findings) built in {seconds:.1f} s; "
+        f"{summary['size_mb']} MB on disk"
+    )
     print("findings:", ", ".join(f"{k} {v}" for k, v in summary["findings"].items()))
     ok = seconds < 120
     print(f"target < 120 s for 60 cases: {'met' if ok else 'NOT met'}")

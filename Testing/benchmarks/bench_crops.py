@@ -22,10 +22,10 @@ sys.path.insert(0, str(REPO / "JMIDAnomaly"))
 
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
-from JMIDAnomalyLib.crops import CropConfig, crop_organs, organ_targets  # noqa: E402
-from JMIDAnomalyLib.geometry import Grid, resample_to_grid  # noqa: E402
-from JMIDAnomalyLib.imageio import read_ct, read_label_map  # noqa: E402
-from JMIDAnomalyLib.referencedata import fetch_reference_data  # noqa: E402
+from JMIDAnomalyLib.demo.reference_data import fetch_reference_data  # noqa: E402
+from JMIDAnomalyLib.imaging.crops import CropConfig, crop_organs, organ_targets  # noqa: E402
+from JMIDAnomalyLib.imaging.geometry import Grid, resample_to_grid  # noqa: E402
+from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 

@@ -60,13 +60,31 @@ def _entity(text, surface, score, level, anatomy):
     mods = []
     for a in anatomy:
         s = text.find(a)
-        mods.append({"type": "Anatomical_entity", "tokens": list(a), "start_idx": s,
-                     "end_idx": s + len(a) - 1, "surface_name": a, "surface_id": None,
-                     "certainty_level": None, "certainty_score": None})  # fmt: skip
-    return {"type": "Imaging_observation", "tokens": list(surface), "start_idx": start,
-            "end_idx": start + len(surface) - 1, "surface_name": surface, "surface_id": None,
-            "certainty_level": level, "certainty_score": score, "key": 0, "modifiers": mods,
-            "is_findings": None}  # fmt: skip
+        mods.append(
+            {
+                "type": "Anatomical_entity",
+                "tokens": list(a),
+                "start_idx": s,
+                "end_idx": s + len(a) - 1,
+                "surface_name": a,
+                "surface_id": None,
+                "certainty_level": None,
+                "certainty_score": None,
+            }
+        )
+    return {
+        "type": "Imaging_observation",
+        "tokens": list(surface),
+        "start_idx": start,
+        "end_idx": start + len(surface) - 1,
+        "surface_name": surface,
+        "surface_id": None,
+        "certainty_level": level,
+        "certainty_score": score,
+        "key": 0,
+        "modifiers": mods,
+        "is_findings": None,
+    }
 
 
 def make_report(rng: random.Random, i: int) -> list[str]:
@@ -169,9 +187,11 @@ def main() -> int:
             for crosscheck in (True, False):
                 r = run(path, Path(work) / f"out_{n}_{crosscheck}", crosscheck)
                 rate = r["labelled"] / r["seconds"]
-                print(f"  crosscheck={str(crosscheck):5s} {r['labelled']} reports "
-                      f"in {r['seconds']:.1f} s: {rate:,.0f} reports/s on one core, "
-                      f"peak RSS {r['peak_rss_mb']:.0f} MB")  # fmt: skip
+                print(
+                    f"  crosscheck={str(crosscheck):5s} {r['labelled']} reports "
+                    f"in {r['seconds']:.1f} s: {rate:,.0f} reports/s on one core, "
+                    f"peak RSS {r['peak_rss_mb']:.0f} MB"
+                )
                 ok &= r["peak_rss_mb"] < 1024 and (crosscheck or rate >= 5000)
     print(
         "targets (>= 5,000 reports/s without cross-check, peak RSS < 1 GB):",

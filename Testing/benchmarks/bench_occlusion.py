@@ -23,13 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "JMIDAnomaly"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from JMIDAnomalyLib.analysis import default_occlusion_window  # noqa: E402
-from JMIDAnomalyLib.bundle import load_bundle  # noqa: E402
-from JMIDAnomalyLib.crops import crop_organs  # noqa: E402
-from JMIDAnomalyLib.explain import model_batch, occlusion  # noqa: E402
-from JMIDAnomalyLib.geometry import hot_spot_lps  # noqa: E402
-from JMIDAnomalyLib.imageio import read_ct, read_label_map  # noqa: E402
-from JMIDAnomalyLib.labelmaps import read_label_names  # noqa: E402
+from JMIDAnomalyLib.imaging.crops import crop_organs  # noqa: E402
+from JMIDAnomalyLib.imaging.geometry import hot_spot_lps  # noqa: E402
+from JMIDAnomalyLib.imaging.label_tables import read_label_names  # noqa: E402
+from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map  # noqa: E402
+from JMIDAnomalyLib.inference.explain import occlusion  # noqa: E402
+from JMIDAnomalyLib.inference.predictor import default_occlusion_window  # noqa: E402
+from JMIDAnomalyLib.models.bundle import load_bundle  # noqa: E402
+from JMIDAnomalyLib.models.inputs import model_batch  # noqa: E402
 
 
 class VolumeModel(torch.nn.Module):
@@ -71,8 +72,10 @@ def main() -> int:
     ]
     picks = picks[: args.cases]
     window = default_occlusion_window(config.grid_zyx)
-    print(f"{bundle.organ}, {len(bundle.models)} folds, grid {config.grid_zyx}; ours: window "
-          f"{window}, half stride, coarse-fine; MONAI: mask (2, 16, 16), overlap 0.25")  # fmt: skip
+    print(
+        f"{bundle.organ}, {len(bundle.models)} folds, grid {config.grid_zyx}; ours: window "
+        f"{window}, half stride, coarse-fine; MONAI: mask (2, 16, 16), overlap 0.25"
+    )
     ratios, ours_err, monai_err = [], [], []
     for case, finding in picks:
         ct = read_ct(args.cohort / "images" / f"{case}.nii.gz")
@@ -85,8 +88,9 @@ def main() -> int:
         maps = []
         for model in bundle.models:  # as published: one MONAI run per fold
             wrapped = VolumeModel(model, bundle.layout, config.samples, config.slices_per_sample)
-            sensitivity = OcclusionSensitivity(wrapped, mask_size=(2, 16, 16), overlap=0.25,
-                                               n_batch=16, verbose=False)  # fmt: skip
+            sensitivity = OcclusionSensitivity(
+                wrapped, mask_size=(2, 16, 16), overlap=0.25, n_batch=16, verbose=False
+            )
             with torch.no_grad():
                 occ_map, _ = sensitivity(volume)
                 reference = torch.sigmoid(wrapped(volume))[0, k]
@@ -94,18 +98,30 @@ def main() -> int:
         monai_s = time.perf_counter() - t
         monai_heat = np.mean(maps, axis=0)
         t = time.perf_counter()
-        ours = occlusion(bundle.models, crop.image, crop.mask, k, bundle.layout, config.samples,
-                         config.slices_per_sample, window)  # fmt: skip
+        ours = occlusion(
+            bundle.models,
+            crop.image,
+            crop.mask,
+            k,
+            bundle.layout,
+            config.samples,
+            config.slices_per_sample,
+            window,
+        )
         ours_s = time.perf_counter() - t
         ratios.append(monai_s / ours_s)
         monai_err.append(localization_mm(monai_heat, crop, centre))
         ours_err.append(localization_mm(ours, crop, centre))
-        print(f"{case} {finding['cls']:14s} {finding['size_mm']:4.0f} mm: MONAI {monai_s:6.1f} s, "
-              f"ours {ours_s:5.2f} s, {monai_s / ours_s:5.1f}x; localization MONAI "
-              f"{monai_err[-1]:5.1f} mm, ours {ours_err[-1]:5.1f} mm")  # fmt: skip
+        print(
+            f"{case} {finding['cls']:14s} {finding['size_mm']:4.0f} mm: MONAI {monai_s:6.1f} s, "
+            f"ours {ours_s:5.2f} s, {monai_s / ours_s:5.1f}x; localization MONAI "
+            f"{monai_err[-1]:5.1f} mm, ours {ours_err[-1]:5.1f} mm"
+        )
     speedup, monai_mm, ours_mm = np.median(ratios), np.nanmedian(monai_err), np.nanmedian(ours_err)
-    print(f"median speed-up {speedup:.1f}x (target >= 10); median localization "
-          f"MONAI {monai_mm:.1f} mm, ours {ours_mm:.1f} mm")  # fmt: skip
+    print(
+        f"median speed-up {speedup:.1f}x (target >= 10); median localization "
+        f"MONAI {monai_mm:.1f} mm, ours {ours_mm:.1f} mm"
+    )
     return 0 if speedup >= 10 and ours_mm <= monai_mm else 1
 
 

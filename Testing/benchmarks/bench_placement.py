@@ -19,10 +19,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "JMIDAnomaly"))
 
 import numpy as np  # noqa: E402
-from JMIDAnomalyLib.analysis import AnomalyPredictor  # noqa: E402
-from JMIDAnomalyLib.geometry import Grid, hot_spot_lps  # noqa: E402
-from JMIDAnomalyLib.imageio import read_ct, read_label_map  # noqa: E402
-from JMIDAnomalyLib.labelmaps import read_label_names  # noqa: E402
+from JMIDAnomalyLib.imaging.geometry import Grid, hot_spot_lps  # noqa: E402
+from JMIDAnomalyLib.imaging.label_tables import read_label_names  # noqa: E402
+from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map  # noqa: E402
+from JMIDAnomalyLib.inference.predictor import AnomalyPredictor  # noqa: E402
 
 DIFFUSE = {"fatty_liver", "deformation"}
 
@@ -43,8 +43,9 @@ def main() -> int:
         for finding in truth[case]["findings"]:
             if finding["organ"] != "liver" or finding["cls"] in DIFFUSE:
                 continue
-            analysis = predictor.analyze(ct, seg, names, organs=["liver"],
-                                         explain_class=finding["cls"])  # fmt: skip
+            analysis = predictor.analyze(
+                ct, seg, names, organs=["liver"], explain_class=finding["cls"]
+            )
             liver = analysis.organs[0]
             spot = hot_spot_lps(liver.heatmap, Grid.from_image(ct))
             score = next(s for s in liver.scores if s.cls == finding["cls"])
@@ -55,9 +56,11 @@ def main() -> int:
             )
             total += 1
             within += distance <= 10.0
-            print(f"{case} {finding['cls']:14s} {finding['size_mm']:5.1f} mm  heatmap "
-                  f"{distance:6.1f} mm from it  p {score.probability:.2f} "
-                  f"(threshold {score.threshold:.2f})")  # fmt: skip
+            print(
+                f"{case} {finding['cls']:14s} {finding['size_mm']:5.1f} mm  heatmap "
+                f"{distance:6.1f} mm from it  p {score.probability:.2f} "
+                f"(threshold {score.threshold:.2f})"
+            )
     print(f"{within} of {total} planted focal findings with the heatmap within 10 mm")
     return 0 if within else 1
 

@@ -29,13 +29,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "JMIDAnomaly"))
 
 import numpy as np  # noqa: E402
-from JMIDAnomalyLib.cohort import build_cohort  # noqa: E402
-from JMIDAnomalyLib.demo import DEMO_TRAINING  # noqa: E402
+from JMIDAnomalyLib.demo.cohort import build_cohort  # noqa: E402
+from JMIDAnomalyLib.demo.run import DEMO_TRAINING  # noqa: E402
 from JMIDAnomalyLib.labels.labeling import label_reports  # noqa: E402
-from JMIDAnomalyLib.trainconfig import TrainConfig  # noqa: E402
-from JMIDAnomalyLib.training import FoldTrainer  # noqa: E402
-from JMIDAnomalyLib.trainingdata import load_samples  # noqa: E402
-from JMIDAnomalyLib.trainjob import train  # noqa: E402
+from JMIDAnomalyLib.training.config import TrainConfig  # noqa: E402
+from JMIDAnomalyLib.training.data import load_samples  # noqa: E402
+from JMIDAnomalyLib.training.job import train  # noqa: E402
+from JMIDAnomalyLib.training.trainer import FoldTrainer  # noqa: E402
 from sklearn.metrics import roc_auc_score  # noqa: E402
 
 
@@ -49,14 +49,28 @@ def main() -> int:
     parser.add_argument("--model", default="mil_local")
     parser.add_argument("--no-augment", action="store_true", help="train without augmentation")
     parser.add_argument("--no-class-weighting", action="store_true", help="unweighted BCE")
-    parser.add_argument("--published-crop", action="store_true",
-                        help="the published mask crop (dilated 3 mm, air outside)")  # fmt: skip
-    parser.add_argument("--margin-mm", type=float, default=demo_crop["margin_mm"],
-                        help="crop margin (negative: the organ's interior)")  # fmt: skip
-    parser.add_argument("--fill-hu", type=float, default=demo_crop["fill_hu"],
-                        help="HU outside the kept region")  # fmt: skip
-    parser.add_argument("--hu-window", type=float, nargs=2, default=demo_crop.get("hu_window"),
-                        metavar=("LOW", "HIGH"), help="HU window of the crops")  # fmt: skip
+    parser.add_argument(
+        "--published-crop",
+        action="store_true",
+        help="the published mask crop (dilated 3 mm, air outside)",
+    )
+    parser.add_argument(
+        "--margin-mm",
+        type=float,
+        default=demo_crop["margin_mm"],
+        help="crop margin (negative: the organ's interior)",
+    )
+    parser.add_argument(
+        "--fill-hu", type=float, default=demo_crop["fill_hu"], help="HU outside the kept region"
+    )
+    parser.add_argument(
+        "--hu-window",
+        type=float,
+        nargs=2,
+        default=demo_crop.get("hu_window"),
+        metavar=("LOW", "HIGH"),
+        help="HU window of the crops",
+    )
     args = parser.parse_args()
     work = args.work
     if not (work / "cohort" / "cohort.json").exists():

@@ -38,10 +38,20 @@ def main() -> int:
     jmid = Path(sys.executable).with_name("jmid")
     port = args.port or _free_port()
     work = Path(tempfile.mkdtemp(prefix="bench-review-"))
-    command = [str(jmid), "review", "--bundle", str(args.demo / "training" / args.organ / "bundle"),
-               "--cases", str(args.demo / "evaluation" / args.organ / "predictions.csv"),
-               "--data-root", str(args.demo / "cohort"), "--feedback",
-               str(work / "feedback.csv"), "--port", str(port)]  # fmt: skip
+    command = [
+        str(jmid),
+        "review",
+        "--bundle",
+        str(args.demo / "training" / args.organ / "bundle"),
+        "--cases",
+        str(args.demo / "evaluation" / args.organ / "predictions.csv"),
+        "--data-root",
+        str(args.demo / "cohort"),
+        "--feedback",
+        str(work / "feedback.csv"),
+        "--port",
+        str(port),
+    ]
     t = time.perf_counter()
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"

@@ -8,6 +8,6 @@
 
 from __future__ import annotations
 
-from .labeling import LabelOptions, label_reports
+from JMIDAnomalyLib.labels.labeling import LabelOptions, label_reports
 
 __all__ = ["LabelOptions", "label_reports"]

@@ -15,8 +15,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..organs import ORGANS, SIDED_ORGANS
-from .taxonomy import (
+from JMIDAnomalyLib.common.organs import ORGANS, SIDED_ORGANS
+from JMIDAnomalyLib.labels.taxonomy import (
     ALL_ORGANS,
     CUE_ASSERTION,
     CUE_NEGATION,
@@ -41,8 +41,16 @@ _CLAUSE_SPLIT_EN = re.compile(
     r"|\s+and\s+(?=(?:no|without)\b)|\s+(?=(?:without|with no)\b)"
 )
 _SIDE_BEFORE = re.compile(r"(右|左|両側|両|right|left|bilateral|both)[\s-]*(?:\w+\s+)?$")
-_SIDE_WORDS = {"右": "right", "左": "left", "両側": "both", "両": "both", "right": "right",
-               "left": "left", "bilateral": "both", "both": "both"}  # fmt: skip
+_SIDE_WORDS = {
+    "右": "right",
+    "左": "left",
+    "両側": "both",
+    "両": "both",
+    "right": "right",
+    "left": "left",
+    "bilateral": "both",
+    "both": "both",
+}
 _JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 _LIST_JOINERS = re.compile(r"^(?:[\s、,・/]|と|及び|および|や|and|or|the|of|both)*$")
 
@@ -76,6 +84,7 @@ class Extraction:
 
 
 def split_sentences(text: str) -> list[str]:
+    """The sentences of a report (Japanese and English sentence ends, line breaks)."""
     return [text[a:b] for a, b in sentence_spans(text)]
 
 
@@ -164,6 +173,7 @@ class Extractor:
 
     # -- free text -----------------------------------------------------------------------
     def from_text(self, text: str, out: Extraction | None = None) -> Extraction:
+        """Findings from free text, sentence by sentence and clause by clause."""
         out = out or Extraction()
         for sentence in split_sentences(text):
             self._sentence(sentence, out)

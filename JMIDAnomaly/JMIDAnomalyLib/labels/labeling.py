@@ -18,15 +18,23 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import InputError, JMIDError, atomic_output, check_known_keys
-from ..organs import ORGAN_CLASSES, ORGANS, SIDED_ORGANS
-from .extract import NEGATIVE, POSITIVE, UNCERTAIN, Evidence, Extraction, Extractor
-from .reports import BadRow, Position, Report, read_reports
-from .taxonomy import Taxonomy
+from JMIDAnomalyLib.common.atomic import atomic_output
+from JMIDAnomalyLib.common.errors import InputError, JMIDError, check_known_keys
+from JMIDAnomalyLib.common.organs import ORGAN_CLASSES, ORGANS, SIDED_ORGANS
+from JMIDAnomalyLib.common.progress import Progress, ShouldStop
+from JMIDAnomalyLib.labels.extract import (
+    NEGATIVE,
+    POSITIVE,
+    UNCERTAIN,
+    Evidence,
+    Extraction,
+    Extractor,
+)
+from JMIDAnomalyLib.labels.reports import BadRow, Position, Report, read_reports
+from JMIDAnomalyLib.labels.taxonomy import Taxonomy
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +67,12 @@ class LabelOptions:
             )
 
     def to_dict(self) -> dict:
+        """The options as JSON-ready values (``summary.json`` records them)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> LabelOptions:
+        """Options from a mapping; unknown keys are refused."""
         check_known_keys(data, cls, "label options")
         return cls(**data)
 
@@ -147,8 +157,8 @@ def label_reports(
     reports: str | os.PathLike,
     out: str | os.PathLike,
     options: LabelOptions | None = None,
-    progress: Callable[[float, str], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
+    progress: Progress | None = None,
+    should_stop: ShouldStop | None = None,
 ) -> dict:
     """Read reports, write ``out/<organ>.csv`` and ``out/summary.json``; return the summary.
 
@@ -162,90 +172,121 @@ def label_reports(
     options = options or LabelOptions()
     out = Path(out)
     extractor = Extractor(Taxonomy.load(options.taxonomy))
-    header_problems: list[str] = []
+    tally = _Tally()
     position = Position()
-    stream = read_reports(reports, header_problems, position)
-    counts = {organ: Counter() for organ in ORGANS}
-    unmapped: Counter[str] = Counter()
-    skipped: list[dict] = []
-    problems: list[dict] = []
-    disagreements: Counter[str] = Counter()
-    seen: set[int] = set()
-    read = labelled = compared = unassigned = 0
+    stream = read_reports(reports, tally.file_problems, position)
     out.mkdir(parents=True, exist_ok=True)
     writers = _OrganWriters(out)
     ok = False
     try:
         for item in stream:
-            read += 1
-            if isinstance(item, BadRow):
-                skipped.append({"row": item.row, "case_id": item.case_id, "reason": item.reason})
+            labels = tally.take(item, extractor, options)
+            if labels is None:
                 continue
-            digest = hash(item.case_id)  # an int per case finds duplicates without keeping ids
-            if digest in seen:
-                skipped.append(
-                    {"row": item.row, "case_id": item.case_id, "reason": "duplicate case id"}
-                )
-                continue
-            seen.add(digest)
-            if item.problem:
-                problems.append({"row": item.row, "case_id": item.case_id, "problem": item.problem})
-            extraction = _extract(extractor, item)
-            labels = evidence_to_labels(extraction.evidence, options)
-            if options.crosscheck and item.entities is not None and item.text.strip():
-                compared += 1
-                text_labels = evidence_to_labels(extractor.from_text(item.text).evidence, options)
-                for key, (values, _) in labels.items():
-                    other = text_labels[key][0]
-                    if values == other:
-                        continue
-                    for cls, value in values.items():
-                        if value != other[cls]:
-                            disagreements[f"{key[0]}{'_' + key[1] if key[1] else ''}.{cls}"] += 1
             writers.write(item, labels)
-            labelled += 1
-            unassigned += extraction.unassigned
-            unmapped.update(extraction.unmapped)
-            for (organ, _), (values, _) in labels.items():
-                organ_counts = counts[organ]
-                for cls, value in values.items():
-                    if value == 1:
-                        organ_counts[cls] += 1
-                    elif value is None:
-                        organ_counts[f"{cls}:unknown"] += 1
-            if labelled % 5000 == 0:
+            if tally.labelled % 5000 == 0:
                 if should_stop and should_stop():
                     raise JMIDError("label import stopped; nothing was written")
                 if progress:
-                    progress(position.update(), f"{labelled} reports labelled")
-        if labelled == 0:
-            raise InputError(reports, f"no report could be read ({len(skipped)} rows skipped)")
+                    progress(position.update(), f"{tally.labelled} reports labelled")
+        if tally.labelled == 0:
+            raise InputError(
+                reports, f"no report could be read ({len(tally.skipped)} rows skipped)"
+            )
         ok = True
     finally:
         writers.close(ok)
-    summary = {
-        "input": str(reports),
-        "options": options.to_dict(),
-        "taxonomy": extractor.taxonomy.sources,
-        "reports_read": read,
-        "reports_labelled": labelled,
-        "rows_skipped": skipped,
-        "rows_with_problems": problems,
-        "file_problems": header_problems,
-        "counts": {organ: dict(sorted(c.items())) for organ, c in counts.items()},
-        "unmapped_terms": dict(unmapped.most_common()),
-        "findings_without_organ": unassigned,
-        "crosscheck": {
-            "reports_compared": compared,
-            "cells_disagreeing": dict(disagreements.most_common()),
-        },
-        "label_files_sha256": {organ: _sha256(out / f"{organ}.csv") for organ in ORGANS},
-    }
+    summary = tally.summary(reports, options, extractor, out)
     with atomic_output(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(summary, ensure_ascii=False, indent=1), encoding="utf-8")
     if progress:
-        progress(1.0, f"{labelled} reports labelled, {len(skipped)} skipped")
+        progress(1.0, f"{tally.labelled} reports labelled, {len(tally.skipped)} skipped")
     return summary
+
+
+@dataclass
+class _Tally:
+    """What :func:`label_reports` counts while it streams: kept small (no per-report lists
+    except the rows it skips or finds problems in)."""
+
+    read: int = 0
+    labelled: int = 0
+    compared: int = 0
+    unassigned: int = 0
+    counts: dict = field(default_factory=lambda: {organ: Counter() for organ in ORGANS})
+    unmapped: Counter = field(default_factory=Counter)
+    disagreements: Counter = field(default_factory=Counter)
+    skipped: list = field(default_factory=list)
+    problems: list = field(default_factory=list)
+    file_problems: list = field(default_factory=list)
+    seen: set = field(default_factory=set)
+
+    def take(self, item: Report | BadRow, extractor: Extractor, options: LabelOptions):
+        """The labels of one report (None when it is skipped)."""
+        self.read += 1
+        if isinstance(item, BadRow):
+            self.skipped.append({"row": item.row, "case_id": item.case_id, "reason": item.reason})
+            return None
+        digest = hash(item.case_id)  # an int per case finds duplicates without keeping ids
+        if digest in self.seen:
+            self.skipped.append(
+                {"row": item.row, "case_id": item.case_id, "reason": "duplicate case id"}
+            )
+            return None
+        self.seen.add(digest)
+        if item.problem:
+            self.problems.append(
+                {"row": item.row, "case_id": item.case_id, "problem": item.problem}
+            )
+        extraction = _extract(extractor, item)
+        labels = evidence_to_labels(extraction.evidence, options)
+        if options.crosscheck and item.entities is not None and item.text.strip():
+            self._crosscheck(
+                labels, evidence_to_labels(extractor.from_text(item.text).evidence, options)
+            )
+        self.labelled += 1
+        self.unassigned += extraction.unassigned
+        self.unmapped.update(extraction.unmapped)
+        for (organ, _), (values, _) in labels.items():
+            organ_counts = self.counts[organ]
+            for cls, value in values.items():
+                if value == 1:
+                    organ_counts[cls] += 1
+                elif value is None:
+                    organ_counts[f"{cls}:unknown"] += 1
+        return labels
+
+    def _crosscheck(self, labels: Labels, text_labels: Labels) -> None:
+        """Count the cells where the structured findings and the free text disagree."""
+        self.compared += 1
+        for key, (values, _) in labels.items():
+            other = text_labels[key][0]
+            if values == other:
+                continue
+            for cls, value in values.items():
+                if value != other[cls]:
+                    self.disagreements[f"{key[0]}{'_' + key[1] if key[1] else ''}.{cls}"] += 1
+
+    def summary(self, reports, options: LabelOptions, extractor: Extractor, out: Path) -> dict:
+        """The import's ``summary.json``."""
+        return {
+            "input": str(reports),
+            "options": options.to_dict(),
+            "taxonomy": extractor.taxonomy.sources,
+            "reports_read": self.read,
+            "reports_labelled": self.labelled,
+            "rows_skipped": self.skipped,
+            "rows_with_problems": self.problems,
+            "file_problems": self.file_problems,
+            "counts": {organ: dict(sorted(c.items())) for organ, c in self.counts.items()},
+            "unmapped_terms": dict(self.unmapped.most_common()),
+            "findings_without_organ": self.unassigned,
+            "crosscheck": {
+                "reports_compared": self.compared,
+                "cells_disagreeing": dict(self.disagreements.most_common()),
+            },
+            "label_files_sha256": {organ: _sha256(out / f"{organ}.csv") for organ in ORGANS},
+        }
 
 
 def _sha256(path: Path) -> str:

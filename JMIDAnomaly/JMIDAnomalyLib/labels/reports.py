@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError
+from JMIDAnomalyLib.common.errors import InputError
 
 CASE_KEYS = ("file_name", "case_id")
 PATIENT_KEYS = ("患者ID", "patient_id")
@@ -56,12 +56,15 @@ class Report:
 
 @dataclass
 class BadRow:
+    """A row that cannot be used, with its row number, case id and the reason."""
+
     row: int
     reason: str
     case_id: str = ""
 
 
 def case_id_from_name(name: str) -> str:
+    """The case id of a CT file name (``case_01.nii.gz`` -> ``case_01``)."""
     return _VOLUME_SUFFIX.sub("", Path(name.strip()).name)
 
 
@@ -110,10 +113,12 @@ class Position:
         self._size = 1
 
     def track(self, stream: io.TextIOWrapper, size: int) -> io.TextIOWrapper:
+        """Follow ``stream`` (a binary file) to report how much of the input was read."""
         self._stream, self._size = stream, max(size, 1)
         return stream
 
     def update(self) -> float:
+        """The fraction of the input read so far (0..1)."""
         if self._stream is not None and not self._stream.closed:
             self.fraction = min(1.0, self._stream.buffer.tell() / self._size)
         return self.fraction
@@ -141,6 +146,7 @@ def _decode_stream(path: Path) -> io.TextIOWrapper:
 def read_csv(
     path: Path, header_problems: list[str], position: Position
 ) -> Iterator[Report | BadRow]:
+    """Reports from a J-MID export CSV (UTF-8 or CP932), one per row."""
     with position.track(_decode_stream(path), path.stat().st_size) as stream:
         reader = csv.DictReader(stream)
         fields = reader.fieldnames or []
@@ -161,6 +167,7 @@ def read_csv(
 
 
 def read_jsonl(path: Path, position: Position) -> Iterator[Report | BadRow]:
+    """Reports from JSON Lines, one object per line."""
     with position.track(_decode_stream(path), path.stat().st_size) as stream:
         for row, line in enumerate(stream, start=1):
             if not line.strip():
@@ -177,6 +184,7 @@ def read_jsonl(path: Path, position: Position) -> Iterator[Report | BadRow]:
 
 
 def read_folder(path: Path, position: Position) -> Iterator[Report | BadRow]:
+    """Reports from a folder of text or JSON files, one report per file."""
     cases: dict[str, dict[str, Path]] = {}
     for file in sorted(path.iterdir()):
         if file.suffix.lower() in (".json", ".txt") and file.is_file():

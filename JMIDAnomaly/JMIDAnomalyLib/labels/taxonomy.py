@@ -19,38 +19,100 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from ..errors import InputError
-from ..organs import ORGAN_CLASSES, ORGANS
+from JMIDAnomalyLib.common.errors import InputError
+from JMIDAnomalyLib.common.organs import ORGAN_CLASSES, ORGANS
 
 ALL_ORGANS = "all"
 CUE_UNCERTAIN_NEGATION, CUE_NEGATION, CUE_UNCERTAIN, CUE_ASSERTION = (
-    "uncertain_negation", "negation", "uncertain", "assertion",
-)  # fmt: skip
+    "uncertain_negation",
+    "negation",
+    "uncertain",
+    "assertion",
+)
 
 NEGATION_CUES_JA = (
-    "認めない", "認めません", "認めず", "認められない", "認められません", "ありません", "はない",
-    "がない", "なし", "無し", "見られない", "みられない", "見られません", "みられません",
-    "指摘できない", "指摘できません", "指摘されない", "見当たらない", "見当たりません", "消失",
-)  # fmt: skip
+    "認めない",
+    "認めません",
+    "認めず",
+    "認められない",
+    "認められません",
+    "ありません",
+    "はない",
+    "がない",
+    "なし",
+    "無し",
+    "見られない",
+    "みられない",
+    "見られません",
+    "みられません",
+    "指摘できない",
+    "指摘できません",
+    "指摘されない",
+    "見当たらない",
+    "見当たりません",
+    "消失",
+)
 NEGATION_CUES_EN = (
-    "no", "not", "without", "negative for", "absence of", "absent", "free of", "none",
+    "no",
+    "not",
+    "without",
+    "negative for",
+    "absence of",
+    "absent",
+    "free of",
+    "none",
     "resolved",
-)  # fmt: skip
+)
 # Negation-looking words that mean "uncertain" ("cannot be excluded"): checked first.
 UNCERTAIN_NEGATION_CUES = (
-    "否定できない", "否定できません", "否定は困難", "否定困難", "除外できない", "除外できません",
-    "cannot exclude", "cannot be excluded", "cannot be ruled out", "cannot rule out",
-    "not excluded", "can not be excluded", "not be ruled out",
-)  # fmt: skip
+    "否定できない",
+    "否定できません",
+    "否定は困難",
+    "否定困難",
+    "除外できない",
+    "除外できません",
+    "cannot exclude",
+    "cannot be excluded",
+    "cannot be ruled out",
+    "cannot rule out",
+    "not excluded",
+    "can not be excluded",
+    "not be ruled out",
+)
 UNCERTAIN_CUES_JA = ("疑い", "疑う", "疑われ", "可能性", "示唆", "鑑別", "かもしれ", "疑診")
 UNCERTAIN_CUES_EN = (
-    "possible", "possibly", "suspicious for", "suspected", "suspect", "questionable",
-    "may represent", "may be", "might", "equivocal", "cannot exclude", "differential",
-)  # fmt: skip
+    "possible",
+    "possibly",
+    "suspicious for",
+    "suspected",
+    "suspect",
+    "questionable",
+    "may represent",
+    "may be",
+    "might",
+    "equivocal",
+    "cannot exclude",
+    "differential",
+)
 ASSERTION_CUES = (
-    "認め", "あり", "見られ", "みられ", "指摘", "存在", "伴う", "seen", "noted", "present",
-    "there is", "there are", "demonstrated", "demonstrates", "identified", "observed", "shows",
-)  # fmt: skip
+    "認め",
+    "あり",
+    "見られ",
+    "みられ",
+    "指摘",
+    "存在",
+    "伴う",
+    "seen",
+    "noted",
+    "present",
+    "there is",
+    "there are",
+    "demonstrated",
+    "demonstrates",
+    "identified",
+    "observed",
+    "shows",
+)
 
 
 def normalize(text: str) -> str:
@@ -112,6 +174,7 @@ class TermMatcher:
         return "(?:" + "|".join(branches) + ")"
 
     def find(self, text: str):
+        """(start, end, term) of every keyword in ``text``, longest first, without overlaps."""
         for match in self.regex.finditer(text):
             yield match.start(), match.end(), self._group_to_term[match.lastindex - 1]
 

@@ -1,0 +1,104 @@
+"""``jmid analyze`` and ``jmid review``: analysing CTs, in files or in the browser."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from JMIDAnomalyLib.apps.cli.options import Command, add_model_options, organ_list
+
+
+def _add_analyze(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--ct", required=True, type=Path, help="CT volume file or DICOM folder")
+    seg = parser.add_mutually_exclusive_group(required=True)
+    seg.add_argument("--seg", type=Path, help="organ label map on the CT's grid")
+    seg.add_argument("--seg-model", type=Path, help="nnU-Net v2 model folder to segment with")
+    parser.add_argument(
+        "--seg-labels", type=Path, help="label table of --seg (default: SEG's name with .json)"
+    )
+    parser.add_argument("--out", required=True, type=Path, help="results folder")
+    add_model_options(parser)
+    parser.add_argument("--no-scene", action="store_true", help="skip the Slicer scene")
+
+
+def _run_analyze(args: argparse.Namespace) -> int:
+    from JMIDAnomalyLib.common.progress import console_progress
+    from JMIDAnomalyLib.inference.analyze_job import AnalysisRunner, AnalyzeConfig
+
+    config = AnalyzeConfig(
+        ct=str(args.ct),
+        out=str(args.out),
+        bundles=[str(b) for b in args.bundle],
+        seg=str(args.seg or ""),
+        seg_labels=str(args.seg_labels or ""),
+        seg_model=str(args.seg_model or ""),
+        explain=args.explain,
+        organs=organ_list(args.organs),
+        device=args.device,
+        scene=not args.no_scene,
+    )
+    analysis = AnalysisRunner().run(config, console_progress("analyze")).analysis
+    for organ in analysis.organs:
+        if not organ.scores:
+            print(f"  {organ.key:18s} {organ.status}: {organ.message}")
+            continue
+        flagged = ", ".join(organ.flagged) or "no finding above threshold"
+        top = organ.abnormal[0]
+        print(f"  {organ.key:18s} {flagged:40s} (top {top.cls} {top.probability:.2f})")
+    print(f"scores.json, heatmaps, overview.png and scene.mrb written to {args.out}")
+    return 0
+
+
+def _add_review(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--ct", type=Path, help="a CT volume file or DICOM folder to read")
+    what.add_argument(
+        "--cases",
+        type=Path,
+        help="predictions CSV of jmid evaluate: read its cases and review its errors",
+    )
+    add_model_options(parser)
+    parser.add_argument("--seg", type=Path, help="organ label map of --ct (else --seg-model)")
+    parser.add_argument("--seg-labels", type=Path, help="label table of --seg")
+    parser.add_argument("--seg-model", type=Path, help="nnU-Net v2 model folder to segment with")
+    parser.add_argument("--data-root", type=Path, help="the cases' folder (images/, segs/)")
+    parser.add_argument(
+        "--feedback", type=Path, help="marks CSV (default: feedback.csv beside --cases)"
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to serve on (default 127.0.0.1: this machine only; 0.0.0.0 serves the "
+        "network, without a login)",
+    )
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+
+
+def _run_review(args: argparse.Namespace) -> int:
+    from JMIDAnomalyLib.apps.webreview.app import ReviewOptions, serve
+
+    options = ReviewOptions(
+        bundles=[str(b) for b in args.bundle],
+        ct=str(args.ct or ""),
+        seg=str(args.seg or ""),
+        seg_labels=str(args.seg_labels or ""),
+        seg_model=str(args.seg_model or ""),
+        cases=str(args.cases or ""),
+        data_root=str(args.data_root or ""),
+        feedback=str(args.feedback or ""),
+        explain=args.explain,
+        device=args.device,
+        organs=organ_list(args.organs),
+    )
+    serve(options, args.host, args.port)
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "analyze": ("scores and heatmaps of a CT with model bundles", _add_analyze, _run_analyze),
+    "review": (
+        "read cases and review errors in the browser (trame-slicer)",
+        _add_review,
+        _run_review,
+    ),
+}

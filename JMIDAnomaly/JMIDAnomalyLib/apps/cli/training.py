@@ -1,0 +1,68 @@
+"""``jmid train`` and ``jmid evaluate``: the model commands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from JMIDAnomalyLib.apps.cli.options import Command
+from JMIDAnomalyLib.common.errors import JMIDError
+
+
+def _add_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", required=True, type=Path, help="training configuration (JSON or YAML)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue an interrupted run in the same --out"
+    )
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from JMIDAnomalyLib.apps.trainer import TrainerLogic
+    from JMIDAnomalyLib.common.progress import console_progress
+
+    bundle = TrainerLogic().train(args.config, args.resume, progress=console_progress("train"))
+    print(f"model bundle written to {bundle} (and {bundle.with_suffix('.zip').name})")
+    return 0
+
+
+def _add_evaluate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", required=True, type=Path, help="model bundle folder or zip")
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--oof", type=Path, help="evaluate a training run's oof_predictions.csv")
+    parser.add_argument("--labels", type=Path, help="labels folder (jmid labels) of a held-out set")
+    parser.add_argument("--data", type=Path, help="held-out data root: images/, segs/, labels.json")
+    parser.add_argument("--crops", type=Path, help="crop cache folder (default <out>/crop_cache)")
+    parser.add_argument("--device", default="auto", help="held-out set: auto, cuda, mps or cpu")
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from JMIDAnomalyLib.apps.trainer import TrainerLogic
+
+    if not args.oof and not (args.labels and args.data):
+        raise JMIDError("give --oof FILE, or --labels DIR and --data DIR for a held-out set")
+    summary = TrainerLogic().evaluate(
+        args.bundle, args.out, args.oof, args.labels, args.data, args.crops, args.device
+    )
+    print(f"{summary['organ']}: {summary['cases']} cases")
+    for c in summary["classes"]:
+        auc = (
+            f"AUC {c['auc']:.3f} [{c['auc_low']:.3f}-{c['auc_high']:.3f}]"
+            if "auc" in c
+            else "AUC -"
+        )
+        sens = "-" if c["sensitivity"] is None else f"{c['sensitivity']:.2f}"
+        spec = "-" if c["specificity"] is None else f"{c['specificity']:.2f}"
+        print(
+            f"  {c['class']:26s} pos {c['positives']:4d}  {auc:28s} "
+            f"sens {sens} spec {spec} F1 {c['f1']:.2f}"
+        )
+    print(f"metrics, ROC and confusion plots, predictions.csv written to {args.out}")
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "train": ("train an organ's k-fold ensemble into a model bundle", _add_train, _run_train),
+    "evaluate": ("metrics, ROC and confusion plots of a bundle", _add_evaluate, _run_evaluate),
+}

@@ -1,0 +1,203 @@
+"""The built-in demo cohort: real CT anatomy with planted findings and matching reports.
+
+``build_cohort(out, cases=60, seed=0)`` writes (deterministic for a seed):
+
+    out/images/case_0001.nii.gz      CT (int16 HU), a deformed copy of the real example CT
+    out/segs/case_0001.nii.gz        its organ label map (label table: out/labels.json)
+    out/findings/case_0001.nii.gz    planted finding masks (value = finding label in truth.json)
+    out/reports.csv                  the reports, J-MID export format (specimen columns)
+    out/truth.json                   per case: patient, findings (organ, side, class, size,
+                                     centre in LPS mm, reported or left out by label noise)
+    out/cohort.json                  a summary; out/contact_sheet.png slices through findings
+
+The example CT is a non-contrast scan (liver about 50 HU), while the lesion values planted here
+(and the reports they stand for) are those of portal-venous phase CT, the phase most abdominal
+reports are written on. Each case is therefore given a portal-venous enhancement first: the
+parenchyma of each organ is raised by a per-case amount (:data:`ENHANCEMENT_HU`), which puts a
+water-density cyst about 100 HU below the liver, as on real contrast CT. Liver findings are
+planted twice as often as the others so that a cohort of a few hundred cases carries enough
+positives per liver class to train and evaluate the demo ensemble.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from JMIDAnomalyLib.common.atomic import atomic_output
+from JMIDAnomalyLib.common.organs import TOTALSEGMENTATOR_ORGANS, organ_key
+from JMIDAnomalyLib.common.progress import Progress
+from JMIDAnomalyLib.demo.deformation import deform_case
+from JMIDAnomalyLib.demo.planting import FINDING_KINDS, PlantedFinding, Planter
+from JMIDAnomalyLib.demo.reference_data import fetch_reference_data
+from JMIDAnomalyLib.demo.reports import write_report
+from JMIDAnomalyLib.imaging.geometry import Grid
+from JMIDAnomalyLib.imaging.label_tables import select_organs
+from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map, write_image
+
+logger = logging.getLogger(__name__)
+
+FINDING_RATE = 0.5  # share of cases with at least one finding
+
+#: Portal-venous enhancement (HU added to the organ's parenchyma, drawn per case).
+ENHANCEMENT_HU: dict[str, tuple[float, float]] = {
+    "liver": (45.0, 65.0),
+    "spleen": (55.0, 75.0),
+    "kidney": (90.0, 130.0),
+    "pancreas": (35.0, 55.0),
+}
+
+#: Relative frequency of each kind in :data:`FINDING_KINDS` (liver classes twice as often).
+KIND_WEIGHTS = np.array([2.0 if organ == "liver" else 1.0 for organ, _ in FINDING_KINDS])
+
+
+def _patients(n: int, rng: np.random.Generator) -> list[str]:
+    """Patient ids for n exams: most patients have one exam, some two or three."""
+    ids, patient = [], 0
+    while len(ids) < n:
+        patient += 1
+        ids += [f"P{patient:04d}"] * int(rng.choice([1, 1, 1, 2, 3]))
+    return ids[:n]
+
+
+def _plant(planter: Planter, organ: str, cls: str, labels: np.ndarray, names: dict[int, str], rng):
+    side = rng.choice(["left", "right"]) if organ == "kidney" else None
+    if organ == "liver" and cls == "cyst":
+        return planter.lesion("liver", None, "cyst", (8, 40), (0, 15))
+    if organ == "liver" and cls == "SOL":
+        contrast = (-80, -40) if rng.random() < 0.7 else (40, 80)
+        return planter.lesion("liver", None, "SOL", (10, 40), contrast, soft=True, absolute=False)
+    if organ == "liver" and cls == "fatty_liver":
+        return planter.fatty_liver()
+    if organ == "liver" and cls == "calcification":
+        return planter.lesion("liver", None, "calcification", (4, 10), (400, 800))
+    if organ == "spleen" and cls == "deformation":
+        value = {v: k for k, v in names.items()}["spleen"]
+        return planter.enlarge("spleen", labels, value)
+    if organ == "spleen" and cls == "cyst":
+        return planter.lesion("spleen", None, "cyst", (5, 25), (0, 15))
+    if organ == "kidney" and cls == "cyst":
+        return planter.lesion("kidney", side, "cyst", (6, 30), (0, 15))
+    if organ == "kidney" and cls == "calcification":
+        return planter.lesion("kidney", side, "calcification", (3, 8), (600, 1200))
+    if organ == "pancreas" and cls == "SOL":
+        return planter.lesion(
+            "pancreas", None, "SOL", (8, 20), (-60, -30), soft=True, absolute=False
+        )
+    if organ == "pancreas" and cls == "pancreatic_duct_dilation":
+        return planter.duct()
+    if organ == "gallbladder" and cls == "gallstone":
+        return planter.lesion("gallbladder", None, "gallstone", (4, 15), (200, 900))
+    raise ValueError(f"unknown finding {organ} {cls}")
+
+
+def build_case(index: int, seed: int, out: str, label_noise: float, patient: str) -> dict:
+    """Make case ``index`` (1-based) and write its files; returns its truth record."""
+    rng = np.random.default_rng([seed, index])
+    data = fetch_reference_data()
+    source_ct = read_ct(data.ct)
+    organs, names = select_organs(read_label_map(data.ct_seg, source_ct), data.label_names())
+    ct, labels_image = deform_case(source_ct, organs, rng)
+    grid = Grid.from_image(ct)
+    ct_array = sitk.GetArrayFromImage(ct).astype(np.float32)
+    labels = sitk.GetArrayFromImage(labels_image)
+    masks = {}  # organ key (liver, kidney_left, adrenal_right ...) -> mask
+    for value, structure in names.items():
+        organ, side = TOTALSEGMENTATOR_ORGANS[structure]
+        masks[organ_key(organ, side)] = (labels == value).astype(np.uint8)
+    for key, mask in masks.items():
+        low, high = ENHANCEMENT_HU.get(key.split("_")[0], (0.0, 0.0))
+        if high > 0:
+            ct_array[mask > 0] += float(rng.uniform(low, high))
+    finding_mask = np.zeros(labels.shape, np.uint8)
+    planter = Planter(ct_array, masks, grid, rng, finding_mask)
+    planted: list[PlantedFinding] = []
+    if rng.random() < FINDING_RATE:
+        count = int(rng.choice([1, 1, 1, 2, 2, 3]))
+        weights = KIND_WEIGHTS / KIND_WEIGHTS.sum()
+        picks = rng.choice(len(FINDING_KINDS), count, replace=False, p=weights)
+        kinds = [FINDING_KINDS[i] for i in picks]
+        for organ, cls in kinds:
+            if organ in ("spleen", "pancreas", "gallbladder", "liver") and organ not in masks:
+                continue
+            finding = _plant(planter, organ, cls, labels, names, rng)
+            if finding is not None:
+                finding.reported = bool(rng.random() >= label_noise)
+                planted.append(finding)
+    case = f"case_{index:04d}"
+    root = Path(out)
+    image = grid.image_from_array(np.clip(np.round(ct_array), -1024, 3071).astype(np.int16))
+    write_image(image, root / "images" / f"{case}.nii.gz")
+    write_image(grid.image_from_array(labels.astype(np.uint8)), root / "segs" / f"{case}.nii.gz")
+    write_image(grid.image_from_array(finding_mask), root / "findings" / f"{case}.nii.gz")
+    text_ja, text_en, structured = write_report(planted, rng)
+    return {
+        "case_id": case,
+        "patient_id": patient,
+        "findings": [f.to_dict() for f in planted],
+        "report": [f"{case}.nii.gz", patient, text_ja, text_en, structured],
+        "organ_labels": {str(k): v for k, v in names.items()},
+    }
+
+
+def build_cohort(
+    out: str | os.PathLike,
+    cases: int = 60,
+    seed: int = 0,
+    label_noise: float = 0.1,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> dict:
+    """Build the demo cohort into ``out``; returns the summary also written to cohort.json."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fetch_reference_data()  # once, before the workers start
+    patients = _patients(cases, np.random.default_rng([seed, 0]))
+    workers = workers or min(4, os.cpu_count() or 1)
+    records = [None] * cases
+    with ProcessPoolExecutor(workers) as pool:
+        futures = [
+            pool.submit(build_case, i + 1, seed, str(out), label_noise, patients[i])
+            for i in range(cases)
+        ]
+        for done, future in enumerate(futures, start=1):
+            records[done - 1] = future.result()
+            if progress:
+                progress(done / cases, f"case {done}/{cases}")
+    with atomic_output(out / "reports.csv") as tmp:
+        with tmp.open("w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file_name", "患者ID", "所見", "findings_Eng", "所見_JSON"])
+            writer.writerows(r["report"] for r in records)
+    truth = [{k: r[k] for k in ("case_id", "patient_id", "findings")} for r in records]
+    with atomic_output(out / "truth.json") as tmp:
+        tmp.write_text(json.dumps(truth, indent=1), encoding="utf-8")
+    with atomic_output(out / "labels.json") as tmp:
+        tmp.write_text(json.dumps(records[0]["organ_labels"], indent=1), encoding="utf-8")
+    kinds = Counter(f"{f['organ']}.{f['cls']}" for r in truth for f in r["findings"])
+    summary = {
+        "cases": cases,
+        "seed": seed,
+        "label_noise": label_noise,
+        "patients": len(set(patients)),
+        "cases_with_findings": sum(bool(r["findings"]) for r in truth),
+        "findings": dict(sorted(kinds.items())),
+        "findings_left_out_of_reports": sum(
+            not f["reported"] for r in truth for f in r["findings"]
+        ),
+        "size_mb": round(sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6, 1),
+    }
+    from JMIDAnomalyLib.demo.contact_sheet import contact_sheet
+
+    contact_sheet(out, truth, out / "contact_sheet.png")
+    with atomic_output(out / "cohort.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    return summary

@@ -1,0 +1,251 @@
+"""``jmid analyze``: one CT in, a results folder out (written whole or not at all).
+
+    out/
+      scores.json                   schema below
+      seg.nii.gz, seg.json          organ label map on the CT's grid and its label table
+      heatmap_<organ>[_<side>].nii.gz   explanation on the CT's grid (float32; see explain.py)
+      overview.png                  axial and coronal slices with overlays and scores
+      scene.mrb                     Slicer scene: CT, segmentation, heatmaps as colour overlays
+
+``scores.json`` (format 1)::
+
+    {"format": 1, "ct": "<file name>", "segmentation": "given" | "model",
+     "explain": "occlusion" | "hirescam" | "none", "seconds": float,
+     "bundles": {"<organ>": {"model": str, "folds": int}},
+     "organs": [{"organ": str, "side": str | null, "status": "ok" | "partial" | "absent" |
+                 "too_small", "message": str, "volume_ml": float, "flagged": [class, ...],
+                 "explained_class": str | null, "heatmap": "<file>" | null,
+                 "scores": [{"class": str, "probability": float, "spread": float,
+                             "fold_probabilities": [float], "threshold": float,
+                             "flag": bool}]}]}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from JMIDAnomalyLib.common.atomic import atomic_output
+from JMIDAnomalyLib.common.errors import InputError, check_known_keys
+from JMIDAnomalyLib.common.progress import Progress
+from JMIDAnomalyLib.imaging.label_tables import label_table, read_label_names, write_label_names
+from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map, write_image
+from JMIDAnomalyLib.inference.methods import OCCLUSION, check_explain_method
+from JMIDAnomalyLib.inference.predictor import AnomalyPredictor, CaseAnalysis
+
+SCORES_FORMAT = 1
+
+
+@dataclass
+class AnalyzeConfig:
+    """One analysis job: what ``jmid analyze``, the Slicer module and the worker all run.
+
+    Attributes:
+        ct: CT file or DICOM folder. out: results folder (written whole or not at all).
+        bundles: model bundles (folders, zips, or folders of bundles), one per organ.
+        seg / seg_labels: an organ label map on the CT's grid and its label table (default
+            the file beside it with ``.json``); or seg_model: an nnU-Net v2 model folder.
+        explain: ``occlusion``, ``hirescam`` or ``none``; explain_class: the class to explain
+            (default: each organ's highest-scoring abnormal class).
+        organs: organs to analyze (default: every bundle's). device: ``auto``, ``cuda``,
+            ``mps`` or ``cpu``. scene: also write ``scene.mrb``.
+    """
+
+    ct: str
+    out: str
+    bundles: list[str]
+    seg: str = ""
+    seg_labels: str = ""
+    seg_model: str = ""
+    explain: str = OCCLUSION
+    explain_class: str = ""
+    organs: list[str] = field(default_factory=list)
+    device: str = "auto"
+    scene: bool = True
+
+    def __post_init__(self) -> None:
+        self.bundles = [str(b) for b in self.bundles]
+        self.organs = [str(o) for o in self.organs]
+        if not self.bundles:
+            raise InputError("bundle", "no model bundle given")
+        if bool(self.seg) == bool(self.seg_model):
+            raise InputError("segmentation", "give either a segmentation or a segmentation model")
+        check_explain_method(self.explain)
+
+    def to_dict(self) -> dict:
+        """The job as JSON-ready values (what the worker request carries)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "analysis request") -> AnalyzeConfig:
+        """A job from a mapping; unknown or missing settings are an InputError naming ``source``."""
+        check_known_keys(data, cls, source)
+        missing = sorted(k for k in ("ct", "out", "bundles") if k not in data)
+        if missing:
+            raise InputError(source, f"missing analysis settings: {', '.join(missing)}")
+        return cls(**data)
+
+
+class AnalysisRunner:
+    """Runs :class:`AnalyzeConfig` jobs, keeping predictors and segmenters loaded between them
+    (keyed by bundle paths and device, and by model folder and device)."""
+
+    def __init__(self) -> None:
+        self._predictors: dict[tuple, AnomalyPredictor] = {}
+        self._segmenters: dict[tuple, object] = {}
+
+    @property
+    def loaded(self) -> int:
+        """How many predictors and segmenters are loaded."""
+        return len(self._predictors) + len(self._segmenters)
+
+    def run(self, config: AnalyzeConfig, progress: Progress | None = None) -> AnalysisRun:
+        """Analyze one CT into ``config.out``."""
+        start = time.perf_counter()
+        key = (tuple(str(Path(b).resolve()) for b in config.bundles), config.device)
+        reused = key in self._predictors
+        if not reused:
+            if progress:
+                progress(0.0, "loading the model bundles")
+            self._predictors[key] = AnomalyPredictor(config.bundles, config.device)
+        segmenter = None
+        if config.seg_model:
+            seg_key = (str(Path(config.seg_model).resolve()), config.device)
+            if seg_key not in self._segmenters:
+                from JMIDAnomalyLib.segmentation.nnunet import OrganSegmenter
+
+                reused = False
+                self._segmenters[seg_key] = OrganSegmenter(config.seg_model, device=config.device)
+            segmenter = self._segmenters[seg_key]
+        analysis = analyze_case(
+            config.ct,
+            self._predictors[key],
+            config.out,
+            config.seg or None,
+            config.seg_labels or None,
+            segmenter,
+            config.explain,
+            tuple(config.organs) or None,
+            config.scene,
+            progress,
+            config.explain_class or None,
+        )
+        return AnalysisRun(analysis, config.out, time.perf_counter() - start, reused)
+
+
+@dataclass
+class AnalysisRun:
+    """What :meth:`AnalysisRunner.run` did: the analysis, where it went, how long it took and
+    whether the models were already loaded."""
+
+    analysis: CaseAnalysis
+    out: str
+    seconds: float
+    models_reused: bool
+
+    def to_dict(self) -> dict:
+        """What the worker reports: results folder, seconds, reuse, per-organ scores."""
+        return {
+            "out": str(self.out),
+            "seconds": round(self.seconds, 3),
+            "models_reused": self.models_reused,
+            "organs": [o.to_dict() for o in self.analysis.organs],
+        }
+
+
+def analyze_case(
+    ct_path: str | os.PathLike,
+    predictor: AnomalyPredictor,
+    out: str | os.PathLike,
+    seg_path: str | os.PathLike | None = None,
+    seg_labels: str | os.PathLike | None = None,
+    segmenter=None,
+    explain: str = OCCLUSION,
+    organs: tuple[str, ...] | None = None,
+    scene: bool = True,
+    progress: Progress | None = None,
+    explain_class: str | None = None,
+) -> CaseAnalysis:
+    """Analyze one CT and write the results folder ``out``.
+
+    The segmentation is ``seg_path`` (with its label table ``seg_labels``, default the file
+    beside it) or made by ``segmenter`` (an :class:`segmentation.OrganSegmenter`).
+    """
+    ct = read_ct(ct_path)
+    if seg_path is not None:
+        table = label_table(seg_path, seg_labels)
+        label_map = read_label_map(seg_path, reference=ct)
+        names = read_label_names(table)
+        source = "given"
+    elif segmenter is not None:
+        label_map = segmenter.segment(ct)
+        names = segmenter.label_names
+        source = "model"
+    else:
+        raise InputError("segmentation", "give a segmentation (--seg) or a model (--seg-model)")
+
+    def step(fraction: float, message: str) -> None:
+        if progress:
+            progress(0.9 * fraction, message)
+
+    analysis = predictor.analyze(ct, label_map, names, organs, explain, explain_class, step)
+    with atomic_output(out, is_dir=True) as tmp:
+        write_results(tmp, ct, analysis, predictor, Path(ct_path).name, source, scene)
+    if progress:
+        progress(1.0, f"results written to {out}")
+    return analysis
+
+
+def write_results(
+    folder: Path,
+    ct: sitk.Image,
+    analysis: CaseAnalysis,
+    predictor: AnomalyPredictor,
+    ct_name: str,
+    source: str,
+    scene: bool = True,
+) -> None:
+    """Write every output of one analysis into ``folder`` (which exists)."""
+    from JMIDAnomalyLib.inference.overview import render_overview
+
+    write_image(analysis.label_map, folder / "seg.nii.gz")
+    write_label_names(analysis.label_names, folder / "seg.json")
+    heatmaps = analysis.heatmap_images()
+    organs = []
+    for result in analysis.organs:
+        entry = result.to_dict()
+        entry["heatmap"] = None
+        if result.key in heatmaps:
+            entry["heatmap"] = f"heatmap_{result.key}.nii.gz"
+            write_image(heatmaps[result.key], folder / entry["heatmap"])
+        organs.append(entry)
+    scores = {
+        "format": SCORES_FORMAT,
+        "ct": ct_name,
+        "segmentation": source,
+        "explain": analysis.explain,
+        "seconds": round(analysis.seconds, 2),
+        "bundles": {
+            o: {"model": b.meta["model"], "folds": len(b.models)}
+            for o, b in predictor.bundles.items()
+        },
+        "organs": organs,
+    }
+    (folder / "scores.json").write_text(json.dumps(scores, indent=1), encoding="utf-8")
+    render_overview(
+        folder / "overview.png", ct, analysis.label_map, analysis.label_names, analysis.organs
+    )
+    if scene:
+        from slicer import vtkMRMLScene
+
+        from JMIDAnomalyLib.scene.cases import add_analysis_to_scene
+        from JMIDAnomalyLib.scene.mrml import save_scene
+
+        mrml_scene = vtkMRMLScene()
+        add_analysis_to_scene(mrml_scene, ct, analysis)
+        save_scene(mrml_scene, folder / "scene.mrb")

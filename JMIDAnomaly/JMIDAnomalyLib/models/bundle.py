@@ -1,0 +1,179 @@
+"""The model bundle: one folder (and a zip) with everything analysis needs.
+
+    bundle/
+      bundle.json        format version, organ, classes, model name and arguments, folds,
+                         preprocessing (crop config incl. HU window, grid, 2.5D layout),
+                         per-class thresholds (Youden on out-of-fold predictions),
+                         training data summary (counts, label-file hash), library versions,
+                         and the training configuration
+      fold_<k>.pt        state dicts (tensors only)
+
+Loading checks every part and names what is missing or inconsistent; weights are read with
+``torch.load(weights_only=True)``, so a file holding pickled objects is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from JMIDAnomalyLib.common.atomic import atomic_output
+from JMIDAnomalyLib.common.errors import InputError
+from JMIDAnomalyLib.common.organs import ORGAN_CLASSES
+from JMIDAnomalyLib.imaging.crops import CropConfig
+from JMIDAnomalyLib.models.registry import create_model, model_input
+
+BUNDLE_FORMAT = 1
+
+
+def library_versions() -> dict[str, str]:
+    """The versions of the libraries a bundle depends on (recorded in ``bundle.json``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("jmid-anomaly", "torch", "timm", "monai", "numpy", "SimpleITK"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def save_bundle(folder: str | os.PathLike, meta: dict, states: list[dict]) -> Path:
+    """Write a bundle folder (atomically) and ``<folder>.zip`` beside it."""
+    folder = Path(folder)
+    meta = {"format": BUNDLE_FORMAT, "folds": len(states), "versions": library_versions(), **meta}
+    with atomic_output(folder, is_dir=True) as tmp:
+        (tmp / "bundle.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        for k, state in enumerate(states):
+            torch.save({name: tensor.cpu() for name, tensor in state.items()}, tmp / f"fold_{k}.pt")
+    with atomic_output(folder.with_suffix(".zip")) as tmp, zipfile.ZipFile(tmp, "w") as z:
+        for file in sorted(folder.iterdir()):
+            z.write(file, f"{folder.name}/{file.name}")
+    return folder
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: its metadata and one model per fold (eval mode, on CPU)."""
+
+    path: Path
+    meta: dict
+    models: list[torch.nn.Module]
+
+    @property
+    def organ(self) -> str:
+        """The organ the bundle scores."""
+        return self.meta["organ"]
+
+    @property
+    def classes(self) -> list[str]:
+        """Its classes, in model-output order."""
+        return self.meta["classes"]
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """Class -> decision threshold (Youden on the out-of-fold predictions)."""
+        return self.meta["thresholds"]
+
+    @property
+    def crop_config(self) -> CropConfig:
+        """The preprocessing its models were trained with."""
+        return CropConfig.from_dict(self.meta["preprocessing"])
+
+    @property
+    def layout(self) -> str:
+        """Its models' input layout (registry metadata): ``2.5d`` or ``3d``."""
+        return model_input(self.meta["model"])
+
+
+_REQUIRED = (
+    "format",
+    "organ",
+    "classes",
+    "model",
+    "model_kwargs",
+    "folds",
+    "preprocessing",
+    "thresholds",
+)
+
+
+def load_bundle(path: str | os.PathLike, weights: bool = True) -> Bundle:
+    """Load a bundle folder or zip. Raises InputError naming what is wrong.
+
+    ``weights=False`` checks and reads only the metadata (``models`` stays empty)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "no such bundle")
+    if path.is_file():
+        work = Path(tempfile.mkdtemp(prefix="jmid-bundle-"))
+        try:
+            with zipfile.ZipFile(path) as z:
+                z.extractall(work)
+        except zipfile.BadZipFile:
+            shutil.rmtree(work, ignore_errors=True)
+            raise InputError(path, "not a bundle (not a zip file)") from None
+        inner = [p for p in work.iterdir() if p.is_dir()]
+        try:
+            return _load_folder(inner[0] if len(inner) == 1 else work, path, weights)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return _load_folder(path, path, weights)
+
+
+def _load_folder(folder: Path, name: Path, weights: bool = True) -> Bundle:
+    meta_file = folder / "bundle.json"
+    if not meta_file.is_file():
+        raise InputError(name, "bundle.json is missing")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise InputError(name, f"bundle.json is not valid JSON ({exc.msg})") from None
+    missing = [k for k in _REQUIRED if k not in meta]
+    if missing:
+        raise InputError(name, f"bundle.json lacks {', '.join(missing)}")
+    if meta["format"] != BUNDLE_FORMAT:
+        raise InputError(name, f"bundle format {meta['format']} is not {BUNDLE_FORMAT}")
+    if meta["organ"] not in ORGAN_CLASSES or list(meta["classes"]) != list(
+        ORGAN_CLASSES[meta["organ"]]
+    ):
+        raise InputError(name, f"classes do not match the {meta['organ']} class list")
+    if set(meta["thresholds"]) != set(meta["classes"]):
+        raise InputError(name, "thresholds do not cover the classes")
+    try:
+        CropConfig.from_dict(meta["preprocessing"])
+    except (InputError, TypeError) as exc:
+        raise InputError(name, f"bad preprocessing parameters ({exc})") from None
+    models = []
+    for k in range(int(meta["folds"]) if weights else 0):
+        file = folder / f"fold_{k}.pt"
+        if not file.is_file():
+            raise InputError(name, f"fold_{k}.pt is missing ({meta['folds']} folds expected)")
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise InputError(
+                file, "refusing to load: the file holds pickled objects, not only tensors"
+            ) from None
+        except (RuntimeError, EOFError) as exc:
+            raise InputError(file, f"not a readable weights file ({str(exc)[:120]})") from None
+        model = create_model(
+            meta["model"], num_classes=len(meta["classes"]), **meta["model_kwargs"]
+        )
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise InputError(
+                file, f"weights do not fit the model '{meta['model']}' ({str(exc)[:160]})"
+            ) from None
+        models.append(model.eval())
+    return Bundle(name, meta, models)

@@ -1,0 +1,157 @@
+"""The training job's configuration: one dataclass with a JSON/YAML round trip.
+
+The same object drives ``jmid train --config FILE``, JMIDTrainer's Logic and the model bundle
+(which stores it). Paths are strings so the JSON stays portable.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from JMIDAnomalyLib.common.errors import InputError, check_known_keys
+from JMIDAnomalyLib.common.organs import ORGANS
+
+
+@dataclass
+class TrainConfig:
+    """Training of one organ's k-fold ensemble.
+
+    Attributes:
+        organ: which organ (kidney and adrenal train on left and right crops together).
+        labels_dir: output of ``jmid labels`` (``<organ>.csv``).
+        images_dir / segs_dir: CTs and organ label maps named ``<case_id>.nii.gz``.
+        seg_labels: the label maps' table (value -> structure name JSON).
+        out: output folder (checkpoints, logs, the bundle).
+        crop_cache: crop cache folder (default ``<out>/crop_cache``); share it between jobs.
+        crop_preset / crop: crop preset name and overrides of its fields.
+        model / model_kwargs: a registered model (``JMIDAnomalyLib.models``) and its arguments.
+        folds, epochs, batch_size, lr, weight_decay: StratifiedGroupKFold by patient; AdamW
+            with cosine decay (published: lr 2.3e-4).
+        loss: ``bce`` or ``focal`` (gamma ``focal_gamma``); ``class_weighting`` weights
+            positives by negatives/positives; ``balanced_sampling`` oversamples abnormal cases.
+        sample_loss: the published objective, BCE on every 2.5D sample's logits with the case
+            labels repeated over the samples; default (False) BCE on the pooled case logit,
+            the multiple-instance objective, under which a finding seen in one sample can decide
+            the case (with repeated labels, the samples of a positive case that do not show the
+            finding are trained towards "positive" too, and small focal findings are not learnt).
+        amp: mixed precision on CUDA. seed: everything is seeded from it.
+        exclude_cases: case ids left out of training (a held-out test set).
+        tensorboard / mlflow: logging (MLflow only when installed).
+    """
+
+    organ: str = "liver"
+    labels_dir: str = "labels"
+    images_dir: str = "images"
+    segs_dir: str = "segs"
+    seg_labels: str = "labels.json"
+    out: str = "training"
+    crop_cache: str = ""
+    crop_preset: str = "demo"
+    crop: dict = field(default_factory=dict)
+    model: str = "mil_tiny"
+    model_kwargs: dict = field(default_factory=dict)
+    folds: int = 5
+    epochs: int = 8
+    batch_size: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 1e-2
+    loss: str = "bce"
+    focal_gamma: float = 2.0
+    class_weighting: bool = False
+    balanced_sampling: bool = False
+    augment: bool = True
+    sample_loss: bool = False
+    amp: bool = True
+    seed: int = 0
+    device: str = "auto"
+    num_workers: int = 0
+    tensorboard: bool = True
+    mlflow: bool = False
+    exclude_cases: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.organ not in ORGANS:
+            raise InputError("organ", f"'{self.organ}' is not one of {', '.join(ORGANS)}")
+        if self.loss not in ("bce", "focal"):
+            raise InputError("loss", "must be 'bce' or 'focal'")
+        if self.folds < 2 or self.epochs < 1 or self.batch_size < 1:
+            raise InputError("training", "needs folds >= 2, epochs >= 1 and batch_size >= 1")
+
+    def to_dict(self) -> dict:
+        """The configuration as JSON-ready values (``config.json``, the bundle)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> TrainConfig:
+        """A configuration from a mapping; unknown keys are an InputError naming ``source``."""
+        check_known_keys(data, cls, source)
+        return cls(**data)
+
+    @classmethod
+    def for_cohort(
+        cls,
+        data_root: str | Path,
+        labels_dir: str | Path,
+        out: str | Path,
+        crop_cache: str | Path = "",
+        **settings,
+    ) -> TrainConfig:
+        """A configuration for data in the cohort layout: ``data_root/images``,
+        ``data_root/segs`` and ``data_root/labels.json`` (what ``jmid cohort`` writes)."""
+        data_root = Path(data_root)
+        return cls(
+            labels_dir=str(labels_dir),
+            images_dir=str(data_root / "images"),
+            segs_dir=str(data_root / "segs"),
+            seg_labels=str(data_root / "labels.json"),
+            out=str(out),
+            crop_cache=str(crop_cache),
+            **settings,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> TrainConfig:
+        """From JSON or YAML; relative paths are taken relative to the file's folder."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputError(path, f"cannot be read ({exc.strerror})") from None
+        try:
+            if path.suffix.lower() in (".yaml", ".yml"):
+                import yaml
+
+                data = yaml.safe_load(text)
+            else:
+                data = json.loads(text)
+        except Exception as exc:  # noqa: BLE001 - any parse error becomes one clear message
+            raise InputError(path, f"not valid {path.suffix.lstrip('.').upper()} ({exc})") from None
+        if not isinstance(data, dict):
+            raise InputError(path, "the configuration must be a mapping of keys to values")
+        config = cls.from_dict(data, str(path))
+        for key in ("labels_dir", "images_dir", "segs_dir", "seg_labels", "out", "crop_cache"):
+            if not getattr(config, key):
+                continue
+            value = Path(getattr(config, key))
+            if not value.is_absolute():
+                setattr(config, key, str(path.parent / value))
+        return config
+
+    def crop_config(self):
+        """The crop settings: the preset with the ``crop`` overrides."""
+        from JMIDAnomalyLib.imaging.crops import CropConfig
+
+        return CropConfig.from_dict({**CropConfig.preset(self.crop_preset).to_dict(), **self.crop})
+
+    def cache_dir(self) -> Path:
+        """The crop cache folder (``crop_cache``, default ``<out>/crop_cache``)."""
+        return Path(self.crop_cache) if self.crop_cache else Path(self.out) / "crop_cache"
+
+    def save(self, path: str | Path) -> None:
+        """Write the configuration as JSON, atomically."""
+        from JMIDAnomalyLib.common.atomic import atomic_output
+
+        with atomic_output(path) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=1), encoding="utf-8")

@@ -1,0 +1,158 @@
+"""Training data for one organ: labels from reports joined with cached organ crops.
+
+Each sample is one organ crop (one per side for kidney and adrenal) with its multi-hot label
+vector (NaN where the label is unknown) and the report evidence. Crops come from the crop
+cache, so a second job (or a resumed one) reads them without touching the CTs' pixels again.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from JMIDAnomalyLib.common.errors import InputError
+from JMIDAnomalyLib.common.organs import ORGAN_CLASSES
+from JMIDAnomalyLib.common.progress import Progress
+from JMIDAnomalyLib.imaging.crop_cache import CropCache
+from JMIDAnomalyLib.imaging.label_tables import read_label_names
+from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map
+from JMIDAnomalyLib.models.inputs import model_batch
+from JMIDAnomalyLib.training.config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class CaseSample:
+    """One organ crop with its labels: (K,) float32 1/0/NaN (unknown), evidence, (Z, Y, X) image."""
+
+    case_id: str
+    patient_id: str
+    side: str
+    labels: np.ndarray  # (K,) float32: 1, 0, or NaN (unknown)
+    evidence: str
+    image: np.ndarray  # (Z, Y, X) float32 in -1..1
+
+
+def read_organ_labels(labels_dir: str | Path, organ: str) -> list[dict]:
+    """The rows of ``<labels_dir>/<organ>.csv`` (``jmid labels`` output), checked for the class
+    columns."""
+    path = Path(labels_dir) / f"{organ}.csv"
+    if not path.is_file():
+        raise InputError(path, f"no label file for the {organ}; run jmid labels first")
+    with path.open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    missing = [c for c in ORGAN_CLASSES[organ] if rows and c not in rows[0]]
+    if missing:
+        raise InputError(path, f"missing class columns {missing}")
+    return rows
+
+
+def load_samples(
+    config: TrainConfig, progress: Progress | None = None
+) -> tuple[list[CaseSample], dict]:
+    """All usable samples of ``config.organ``, and a summary of what was left out and why."""
+    classes = ORGAN_CLASSES[config.organ]
+    rows = read_organ_labels(config.labels_dir, config.organ)
+    names = read_label_names(config.seg_labels)
+    cache = CropCache(config.cache_dir())
+    crop_config = config.crop_config()
+    by_case: dict[str, list[dict]] = {}
+    excluded = set(config.exclude_cases)
+    for row in rows:
+        if row["case_id"] not in excluded:
+            by_case.setdefault(row["case_id"], []).append(row)
+    samples: list[CaseSample] = []
+    skipped: list[dict] = []
+    for i, (case, case_rows) in enumerate(by_case.items()):
+        image_path = Path(config.images_dir) / f"{case}.nii.gz"
+        seg_path = Path(config.segs_dir) / f"{case}.nii.gz"
+        if not image_path.is_file() or not seg_path.is_file():
+            skipped.append({"case_id": case, "reason": "CT or segmentation file missing"})
+            continue
+        ct = read_ct(image_path)
+        crops, _ = cache.get(
+            ct, read_label_map(seg_path, reference=ct), names, (config.organ,), crop_config
+        )
+        by_side = {c.side or "": c for c in crops}
+        for row in case_rows:
+            crop = by_side.get(row["side"])
+            if crop is None or crop.image is None:
+                status = crop.status if crop else "absent"
+                skipped.append({"case_id": case, "side": row["side"], "reason": f"organ {status}"})
+                continue
+            labels = np.array(
+                [float(row[c]) if row[c] != "" else np.nan for c in classes], np.float32
+            )
+            samples.append(
+                CaseSample(
+                    case,
+                    row["patient_id"],
+                    row["side"],
+                    labels,
+                    row.get("evidence", ""),
+                    crop.image,
+                )
+            )
+        if progress:
+            progress((i + 1) / len(by_case), f"loaded {case}")
+    counts = {c: int(np.nansum([s.labels[k] for s in samples])) for k, c in enumerate(classes)}
+    summary = {"samples": len(samples), "skipped": skipped, "positives": counts}
+    return samples, summary
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Samples as model input: 2.5D stacks (S, C, H, W) or a 3D crop (1, Z, Y, X).
+
+    Augmentation (training only, MONAI): small rotations and scaling, intensity scaling and
+    Gaussian noise; no flips (left and right are anatomy).
+    """
+
+    def __init__(
+        self,
+        samples: list[CaseSample],
+        layout: str,
+        n_samples: int,
+        n_slices: int,
+        augment: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.samples = samples
+        self.layout = layout
+        self.n_samples = n_samples
+        self.n_slices = n_slices
+        self.transform = None
+        if augment:
+            from monai.transforms import Compose, RandAffine, RandGaussianNoise, RandScaleIntensity
+
+            self.transform = Compose(
+                [
+                    RandAffine(
+                        prob=0.7,
+                        rotate_range=(0.1, 0.1, 0.1),
+                        scale_range=(0.1, 0.1, 0.1),
+                        padding_mode="border",
+                    ),
+                    RandScaleIntensity(factors=0.1, prob=0.5),
+                    RandGaussianNoise(prob=0.3, std=0.03),
+                ]
+            )
+            self.transform.set_random_state(seed)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        sample = self.samples[index]
+        volume = torch.from_numpy(sample.image)[None]  # (1, Z, Y, X)
+        if self.transform is not None:
+            volume = torch.as_tensor(self.transform(volume)).float().clamp_(-1.0, 1.0)
+        x = model_batch(volume, self.layout, self.n_samples, self.n_slices)[0].contiguous()
+        labels = torch.from_numpy(np.nan_to_num(sample.labels, nan=0.0))
+        known = torch.from_numpy(~np.isnan(sample.labels)).float()
+        return x.float(), labels, known, index

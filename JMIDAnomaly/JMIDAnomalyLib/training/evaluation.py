@@ -1,0 +1,259 @@
+"""Evaluation of a bundle: per-class AUC with 95% CI, sensitivity, specificity and F1 at the
+bundle's thresholds, ROC curves and confusion matrices as PNG, and a predictions CSV.
+
+Two sources: a held-out set run through the bundle (ensemble mean over folds), or the
+out-of-fold predictions a training run wrote. The predictions CSV (case, patient, organ, side,
+class, probability, label, fold, evidence) is the input of the error-analysis view.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from JMIDAnomalyLib.common.atomic import atomic_output
+from JMIDAnomalyLib.common.devices import pick_device
+from JMIDAnomalyLib.common.errors import InputError
+from JMIDAnomalyLib.models.bundle import Bundle, load_bundle
+from JMIDAnomalyLib.models.ensemble import ensemble_probabilities
+from JMIDAnomalyLib.training.config import TrainConfig
+from JMIDAnomalyLib.training.data import CaseSample, CropDataset, load_samples
+
+COLUMNS = [
+    "case_id",
+    "patient_id",
+    "organ",
+    "side",
+    "class",
+    "probability",
+    "label",
+    "fold",
+    "evidence",
+]
+
+
+def predict(
+    bundle: Bundle,
+    dataset: CropDataset,
+    batch_size: int = 8,
+    device: str = "auto",
+    amp: bool = True,
+    num_workers: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run a bundle's folds over a dataset, reading it once.
+
+    Args:
+        bundle: the loaded bundle (its models are moved to ``device``).
+        dataset: the cases as model input.
+        device: ``auto`` (CUDA, MPS, CPU) or a torch device name; amp: float16 on CUDA.
+
+    Returns:
+        (probabilities, spread): (N, K) mean over folds and (N, K) std over folds.
+    """
+    target = pick_device(device)
+    models = [m.to(target).eval() for m in bundle.models]
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    stacked = ensemble_probabilities(models, (x for x, *_ in loader), target, amp).cpu().numpy()
+    return stacked.mean(0), stacked.std(0)
+
+
+def bootstrap_auc(
+    y: np.ndarray, p: np.ndarray, n: int = 1000, seed: int = 0
+) -> tuple[float, float, float]:
+    """AUC with a percentile bootstrap 95% CI (resampling cases)."""
+    from sklearn.metrics import roc_auc_score
+
+    auc = float(roc_auc_score(y, p))
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n):
+        idx = rng.integers(0, len(y), len(y))
+        if 0 < y[idx].sum() < len(idx):
+            values.append(roc_auc_score(y[idx], p[idx]))
+    low, high = np.percentile(values, [2.5, 97.5]) if values else (np.nan, np.nan)
+    return auc, float(low), float(high)
+
+
+def metrics_table(rows: list[dict], thresholds: dict[str, float]) -> list[dict]:
+    """Per class: positives, negatives, AUC [95% CI], sensitivity, specificity, F1."""
+    by_class: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for r in rows:
+        if r["label"] != "":
+            by_class[r["class"]].append((float(r["probability"]), int(r["label"])))
+    table = []
+    for cls, pairs in by_class.items():
+        p = np.array([a for a, _ in pairs])
+        y = np.array([b for _, b in pairs])
+        threshold = thresholds.get(cls, 0.5)
+        predicted = p >= threshold
+        tp, fp = int(np.sum(predicted & (y == 1))), int(np.sum(predicted & (y == 0)))
+        fn, tn = int(np.sum(~predicted & (y == 1))), int(np.sum(~predicted & (y == 0)))
+        entry = {
+            "class": cls,
+            "positives": int(y.sum()),
+            "negatives": int(len(y) - y.sum()),
+            "threshold": threshold,
+            "tp": tp,
+            "fp": fp,
+            "fn": fn,
+            "tn": tn,
+            "sensitivity": tp / (tp + fn) if tp + fn else None,
+            "specificity": tn / (tn + fp) if tn + fp else None,
+            "f1": 2 * tp / (2 * tp + fp + fn) if tp else 0.0,
+        }
+        if 0 < y.sum() < len(y):
+            entry["auc"], entry["auc_low"], entry["auc_high"] = bootstrap_auc(y, p)
+        table.append(entry)
+    return table
+
+
+def _plots(rows: list[dict], table: list[dict], out: Path, organ: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    scored = [t for t in table if "auc" in t]
+    columns = 3
+    for name, draw in (("roc.png", "roc"), ("confusion.png", "confusion")):
+        count = len(scored) if draw == "roc" else len(table)
+        grid_rows = max(1, -(-count // columns))
+        figure, axes = plt.subplots(
+            grid_rows, columns, figsize=(4 * columns, 3.6 * grid_rows), squeeze=False
+        )
+        for ax in axes.ravel():
+            ax.axis("off")
+        for ax, entry in zip(axes.ravel(), scored if draw == "roc" else table, strict=False):
+            ax.axis("on")
+            cls = entry["class"]
+            if draw == "roc":
+                pairs = [
+                    (float(r["probability"]), int(r["label"]))
+                    for r in rows
+                    if r["class"] == cls and r["label"] != ""
+                ]
+                fpr, tpr, _ = roc_curve([b for _, b in pairs], [a for a, _ in pairs])
+                ax.plot(fpr, tpr, color="tab:red")
+                ax.plot([0, 1], [0, 1], color="gray", linestyle=":")
+                ci = f"[{entry['auc_low']:.2f}-{entry['auc_high']:.2f}]"
+                ax.set_title(f"{organ} {cls}: AUC {entry['auc']:.2f} {ci}", fontsize=9)
+                ax.set_xlabel("1 - specificity")
+                ax.set_ylabel("sensitivity")
+            else:
+                matrix = np.array([[entry["tn"], entry["fp"]], [entry["fn"], entry["tp"]]])
+                ax.imshow(matrix, cmap="Blues")
+                for (i, j), v in np.ndenumerate(matrix):
+                    ax.text(j, i, str(v), ha="center", va="center")
+                ax.set_xticks([0, 1], ["pred 0", "pred 1"])
+                ax.set_yticks([0, 1], ["label 0", "label 1"])
+                ax.set_title(f"{organ} {cls} @ {entry['threshold']:.2f}", fontsize=9)
+        figure.tight_layout()
+        with atomic_output(out / name) as tmp:
+            figure.savefig(tmp, dpi=80)
+        plt.close(figure)
+
+
+def write_predictions(path: Path, rows: list[dict]) -> None:
+    """The predictions CSV (COLUMNS), atomically; training's out-of-fold file uses it too."""
+    with atomic_output(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def prediction_rows(
+    samples: Sequence[CaseSample],
+    probs: np.ndarray,
+    classes: Sequence[str],
+    organ: str,
+    folds: np.ndarray | str,
+) -> list[dict]:
+    """The predictions CSV's rows: one per sample and class.
+
+    Args:
+        samples: the cases; probs: (N, K) probabilities in their order; classes: the K names.
+        folds: each sample's fold index (out-of-fold predictions), or one label (``ensemble``).
+    """
+    rows = []
+    for i, s in enumerate(samples):
+        fold = folds if isinstance(folds, str) else int(folds[i])
+        for k, cls in enumerate(classes):
+            label = "" if np.isnan(s.labels[k]) else str(int(s.labels[k]))
+            rows.append(
+                {
+                    "case_id": s.case_id,
+                    "patient_id": s.patient_id,
+                    "organ": organ,
+                    "side": s.side,
+                    "class": cls,
+                    "probability": f"{probs[i, k]:.5f}",
+                    "label": label,
+                    "fold": fold,
+                    "evidence": s.evidence,
+                }
+            )
+    return rows
+
+
+def _write(out: Path, rows: list[dict], table: list[dict], organ: str) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    write_predictions(out / "predictions.csv", rows)
+    summary = {
+        "organ": organ,
+        "cases": len({(r["case_id"], r["side"]) for r in rows}),
+        "classes": table,
+    }
+    with atomic_output(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(summary, indent=1), encoding="utf-8")
+    _plots(rows, table, out, organ)
+    return summary
+
+
+def evaluate_oof(
+    bundle_path: str | os.PathLike, oof_csv: str | os.PathLike, out: str | os.PathLike
+) -> dict:
+    """Metrics of a training run's out-of-fold predictions at the bundle's thresholds."""
+    bundle = load_bundle(bundle_path)
+    try:
+        with Path(oof_csv).open(encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise InputError(oof_csv, f"cannot be read ({exc.strerror})") from None
+    if not rows or set(COLUMNS) - set(rows[0]):
+        raise InputError(oof_csv, f"expected the columns {', '.join(COLUMNS)}")
+    return _write(Path(out), rows, metrics_table(rows, bundle.thresholds), bundle.organ)
+
+
+def evaluate_bundle(
+    bundle_path: str | os.PathLike,
+    labels_dir: str | os.PathLike,
+    data_root: str | os.PathLike,
+    crop_cache: str | os.PathLike,
+    out: str | os.PathLike,
+    device: str = "auto",
+) -> dict:
+    """Run the bundle on a labelled set (``data_root`` in the cohort layout: images/, segs/,
+    labels.json) and write metrics, plots and predictions into ``out``.
+
+    ``device``: ``auto`` (CUDA, MPS, CPU) or a torch device name; float16 autocast on CUDA."""
+    bundle = load_bundle(bundle_path)
+    paths = ("labels_dir", "images_dir", "segs_dir", "seg_labels", "out", "crop_cache")
+    settings = {k: v for k, v in bundle.meta.get("config", {}).items() if k not in paths}
+    settings["organ"] = bundle.organ
+    config = TrainConfig.for_cohort(data_root, labels_dir, out, crop_cache, **settings)
+    samples, _ = load_samples(config)
+    if not samples:
+        raise InputError(labels_dir, f"no usable {bundle.organ} cases")
+    crop = bundle.crop_config
+    dataset = CropDataset(samples, bundle.layout, crop.samples, crop.slices_per_sample)
+    probs, _ = predict(bundle, dataset, device=device)
+    rows = prediction_rows(samples, probs, bundle.classes, bundle.organ, "ensemble")
+    return _write(Path(out), rows, metrics_table(rows, bundle.thresholds), bundle.organ)

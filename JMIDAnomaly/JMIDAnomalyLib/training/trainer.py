@@ -1,0 +1,329 @@
+"""k-fold training of one organ's ensemble, resumable, single process or DistributedDataParallel.
+
+Per fold: AdamW with cosine decay, BCE (or focal) loss on per-sample logits with the case labels
+repeated over the samples (the reference design; 3D models use case logits), AMP on CUDA. Every
+epoch writes ``fold_k/last.pt`` atomically (model, optimizer, scheduler, scaler, epoch, history,
+random states); the best epoch by mean validation AUC is kept as ``fold_k/best.pt``. ``resume``
+continues an interrupted run from ``last.pt`` (a kill -9 in mid-epoch loses only that epoch).
+Checkpoints are read back with ``torch.load(weights_only=True)``.
+
+Under ``torchrun`` (WORLD_SIZE > 1) the training batches are split with a DistributedSampler
+(gloo on the CPU, NCCL on GPUs); rank 0 validates, logs and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from JMIDAnomalyLib.common.atomic import atomic_output
+from JMIDAnomalyLib.common.devices import autocast, pick_device
+from JMIDAnomalyLib.common.errors import JMIDError
+from JMIDAnomalyLib.common.organs import ORGAN_CLASSES
+from JMIDAnomalyLib.common.progress import Progress
+from JMIDAnomalyLib.models.ensemble import ensemble_probabilities
+from JMIDAnomalyLib.models.registry import LAYOUT_25D, create_model, model_input
+from JMIDAnomalyLib.training.config import TrainConfig
+from JMIDAnomalyLib.training.data import CaseSample, CropDataset
+
+logger = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's random generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def split_folds(samples: list[CaseSample], folds: int, seed: int) -> np.ndarray:
+    """Fold index per sample: StratifiedGroupKFold grouped by patient, stratified on the
+    first abnormal class present (or normal)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    strata = []
+    for s in samples:
+        positive = np.flatnonzero(np.nan_to_num(s.labels[:-1]) == 1)
+        strata.append(int(positive[0]) + 1 if len(positive) else 0)
+    groups = [s.patient_id for s in samples]
+    patients = len(set(groups))
+    if patients < folds:
+        raise JMIDError(f"{patients} patients cannot fill {folds} folds")
+    fold_of = np.zeros(len(samples), dtype=int)
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for k, (_, val) in enumerate(splitter.split(np.zeros(len(samples)), strata, groups)):
+        fold_of[val] = k
+    return fold_of
+
+
+def auc_per_class(labels: np.ndarray, probs: np.ndarray, known: np.ndarray) -> list[float | None]:
+    """ROC AUC per class over known labels (None where a class has one label value only)."""
+    from sklearn.metrics import roc_auc_score
+
+    out = []
+    for k in range(labels.shape[1]):
+        mask = known[:, k] > 0
+        y = labels[mask, k]
+        out.append(float(roc_auc_score(y, probs[mask, k])) if 0 < y.sum() < len(y) else None)
+    return out
+
+
+class Loss(nn.Module):
+    """BCE with logits (or focal), ignoring unknown labels; per-sample logits get the case
+    labels repeated over the samples."""
+
+    def __init__(self, kind: str, gamma: float, pos_weight: torch.Tensor | None) -> None:
+        super().__init__()
+        self.kind, self.gamma = kind, gamma
+        self.register_buffer(
+            "pos_weight", pos_weight if pos_weight is not None else torch.tensor([])
+        )
+
+    def forward(
+        self, logits: torch.Tensor, labels: torch.Tensor, known: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean loss over known labels; logits (B, K), or (B, S, K) with the case labels
+        repeated."""
+        if logits.dim() == 3:  # (B, S, K): repeat the case labels over the samples
+            labels = labels[:, None].expand_as(logits)
+            known = known[:, None].expand_as(logits)
+        weight = self.pos_weight if self.pos_weight.numel() else None
+        loss = nn.functional.binary_cross_entropy_with_logits(
+            logits, labels, reduction="none", pos_weight=weight
+        )
+        if self.kind == "focal":
+            p = torch.sigmoid(logits)
+            p_t = p * labels + (1 - p) * (1 - labels)
+            loss = loss * (1 - p_t) ** self.gamma
+        return (loss * known).sum() / known.sum().clamp(min=1.0)
+
+
+class FoldTrainer:
+    """Trains one fold; see the module docstring."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        fold: int,
+        train: list[CaseSample],
+        val: list[CaseSample],
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.config, self.fold, self.rank, self.world = config, fold, rank, world
+        self.classes = ORGAN_CLASSES[config.organ]
+        self.folder = Path(config.out) / f"fold_{fold}"
+        if world > 1 and torch.cuda.is_available():
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        else:
+            self.device = pick_device(config.device if world == 1 else "cpu")
+        crop = config.crop_config()
+        self.layout = model_input(config.model)
+        kwargs = dict(config.model_kwargs)
+        if self.layout == LAYOUT_25D:
+            kwargs.setdefault("in_chans", crop.slices_per_sample)
+        self.model = create_model(config.model, num_classes=len(self.classes), **kwargs).to(
+            self.device
+        )
+        if world > 1:
+            self.model = nn.parallel.DistributedDataParallel(self.model)
+        self.train_set = CropDataset(
+            train,
+            self.layout,
+            crop.samples,
+            crop.slices_per_sample,
+            config.augment,
+            config.seed + fold,
+        )
+        self.val_set = CropDataset(val, self.layout, crop.samples, crop.slices_per_sample)
+        pos_weight = None
+        if config.class_weighting:
+            labels = np.stack([np.nan_to_num(s.labels) for s in train])
+            pos = labels.sum(0)
+            pos_weight = torch.tensor((len(train) - pos) / np.maximum(pos, 1), dtype=torch.float32)
+        self.loss = Loss(config.loss, config.focal_gamma, pos_weight).to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
+        self.steps_per_epoch = math.ceil(len(train) / (config.batch_size * world))
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=max(1, config.epochs * self.steps_per_epoch)
+        )
+        self.amp = config.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.epoch, self.best_auc, self.history = 0, -1.0, []
+
+    # -- checkpoints -------------------------------------------------------------------------
+    @property
+    def module(self) -> nn.Module:
+        """The model itself (unwrapped from DistributedDataParallel)."""
+        if isinstance(self.model, nn.parallel.DistributedDataParallel):
+            return self.model.module
+        return self.model
+
+    def save(self, name: str, full: bool = True) -> None:
+        """Write a checkpoint atomically (rank 0 only); ``full`` adds optimizer and random
+        states."""
+        if self.rank != 0:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        state = {"model": self.module.state_dict()}
+        if full:
+            state.update(
+                optimizer=self.optimizer.state_dict(),
+                scheduler=self.scheduler.state_dict(),
+                scaler=self.scaler.state_dict(),
+                epoch=self.epoch,
+                best_auc=self.best_auc,
+                history=json.dumps(self.history),
+                torch_rng=torch.get_rng_state(),
+                numpy_rng=json.dumps(_numpy_state()),
+                python_rng=json.dumps(random.getstate()),
+            )
+        with atomic_output(self.folder / name) as tmp:
+            torch.save(state, tmp)
+
+    def resume(self) -> bool:
+        """Continue from ``last.pt`` when there is one; returns whether it did."""
+        path = self.folder / "last.pt"
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.best_auc = int(state["epoch"]), float(state["best_auc"])
+        self.history = json.loads(state["history"])
+        torch.set_rng_state(state["torch_rng"])
+        _set_numpy_state(json.loads(state["numpy_rng"]))
+        random.setstate(_tuples(json.loads(state["python_rng"])))
+        logger.info("fold %d: resumed after epoch %d", self.fold, self.epoch)
+        return True
+
+    # -- loops ---------------------------------------------------------------------------------
+    def _loader(self, dataset, train: bool) -> DataLoader:
+        sampler = None
+        if train and self.world > 1:
+            sampler = torch.utils.data.distributed.DistributedSampler(
+                dataset, self.world, self.rank, shuffle=True, seed=self.config.seed
+            )
+            sampler.set_epoch(self.epoch)
+        elif train and self.config.balanced_sampling:
+            abnormal = np.array([np.nansum(s.labels[:-1]) > 0 for s in dataset.samples], float)
+            weights = np.where(
+                abnormal > 0, 0.5 / max(abnormal.sum(), 1), 0.5 / max((1 - abnormal).sum(), 1)
+            )
+            sampler = torch.utils.data.WeightedRandomSampler(weights.tolist(), len(dataset))
+        generator = torch.Generator().manual_seed(self.config.seed * 1000 + self.epoch)
+        return DataLoader(
+            dataset,
+            batch_size=self.config.batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            num_workers=self.config.num_workers,
+            generator=generator,
+        )
+
+    def train_epoch(self) -> float:
+        """One pass over the training set; returns the mean loss."""
+        self.model.train()
+        total, batches = 0.0, 0
+        for x, labels, known, _ in self._loader(self.train_set, True):
+            x, labels, known = x.to(self.device), labels.to(self.device), known.to(self.device)
+            with autocast(self.device, self.amp):
+                # Through the (DDP) wrapper so gradients are synchronised across ranks.
+                per_sample = self.layout == LAYOUT_25D and self.config.sample_loss
+                logits = self.model(x, per_sample=per_sample)
+                loss = self.loss(logits.float(), labels, known)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            total, batches = total + loss.item(), batches + 1
+        return total / max(batches, 1)
+
+    def predict(self, dataset: CropDataset) -> np.ndarray:
+        """Case probabilities (N, K) for a dataset, in its order."""
+        self.model.eval()
+        loader = DataLoader(dataset, batch_size=self.config.batch_size)
+        probs = ensemble_probabilities(
+            [self.module], (x for x, *_ in loader), self.device, self.amp
+        )[0]
+        return probs.cpu().numpy() if len(dataset) else np.zeros((0, len(self.classes)))
+
+    def validate(self) -> tuple[float, list[float | None]]:
+        """Mean validation AUC over the abnormal classes, and the AUC per class."""
+        probs = self.predict(self.val_set)
+        labels = np.stack([np.nan_to_num(s.labels) for s in self.val_set.samples])
+        known = np.stack([~np.isnan(s.labels) for s in self.val_set.samples]).astype(float)
+        aucs = auc_per_class(labels, probs, known)
+        valid = [a for a in aucs[:-1] if a is not None]
+        return (float(np.mean(valid)) if valid else 0.0), aucs
+
+    def fit(self, progress: Progress | None = None, writer=None, resume: bool = False) -> None:
+        """Train the remaining epochs; validate, log and checkpoint after each (rank 0)."""
+        if resume:
+            self.resume()
+        while self.epoch < self.config.epochs:
+            loss = self.train_epoch()
+            self.epoch += 1
+            if self.rank == 0:
+                mean_auc, aucs = self.validate()
+                lr = self.optimizer.param_groups[0]["lr"]
+                self.history.append(
+                    {"epoch": self.epoch, "loss": loss, "val_auc": mean_auc, "lr": lr}
+                )
+                if writer is not None:
+                    writer.add_scalar(f"fold_{self.fold}/loss", loss, self.epoch)
+                    writer.add_scalar(f"fold_{self.fold}/lr", lr, self.epoch)
+                    writer.add_scalar(f"fold_{self.fold}/val_auc_mean", mean_auc, self.epoch)
+                    for cls, auc in zip(self.classes, aucs, strict=True):
+                        if auc is not None:
+                            writer.add_scalar(f"fold_{self.fold}/val_auc/{cls}", auc, self.epoch)
+                if mean_auc > self.best_auc:
+                    self.best_auc = mean_auc
+                    self.save("best.pt", full=False)
+                self.save("last.pt")
+                if progress:
+                    message = f"fold {self.fold} epoch {self.epoch}: loss {loss:.3f}"
+                    progress(self.epoch / self.config.epochs, f"{message}, val AUC {mean_auc:.3f}")
+            if self.world > 1:
+                torch.distributed.barrier()
+
+
+def _numpy_state() -> dict:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "name": name,
+        "keys": keys.tolist(),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
+
+
+def _set_numpy_state(state: dict) -> None:
+    np.random.set_state(
+        (
+            state["name"],
+            np.array(state["keys"], dtype=np.uint32),
+            state["pos"],
+            state["has_gauss"],
+            state["cached"],
+        )
+    )
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
