@@ -64,7 +64,7 @@ def _trainerLogicBase():
 
 
 class JMIDTrainerLogic(ScriptedLoadableModuleLogic, _trainerLogicBase()):
-    """The core's ``JMIDAnomalyLib.trainerlogic.TrainerLogic`` — ``import_labels``,
+    """The core's ``JMIDAnomalyLib.apps.trainer.TrainerLogic`` — ``import_labels``,
     ``build_crop_cache``, ``train``, ``evaluate`` — and ``run`` (any jmid command line): the same
     functions and configuration objects as the ``jmid`` command. Raises; never shows dialogs."""
 

@@ -157,8 +157,9 @@ def test_25d_samples():
     volume = np.arange(64)[:, None, None] * np.ones((64, 8, 8))
     import torch
     from JMIDAnomalyLib.models.inputs import model_batch
+    from JMIDAnomalyLib.models.registry import LAYOUT_25D
 
-    stacks = model_batch(torch.from_numpy(volume)[None], "2.5d", 32, 5)[0].numpy()
+    stacks = model_batch(torch.from_numpy(volume)[None], LAYOUT_25D, 32, 5)[0].numpy()
     assert stacks.shape == (32, 5, 8, 8) and stacks[0, :, 0, 0].tolist() == [0, 1, 2, 3, 4]
 
 

@@ -36,7 +36,8 @@ class TrainerLogic:
         return label_reports(reports, out, options, progress=progress)
 
     def build_crop_cache(self, config, progress: Progress | None = None) -> dict:
-        """Crop every labelled case of ``config`` (a :class:`trainconfig.TrainConfig` or its
+        """Crop every labelled case of ``config`` (a
+        :class:`~JMIDAnomalyLib.training.config.TrainConfig` or its
         file) into the crop cache training reads; returns the sample summary."""
         from JMIDAnomalyLib.training.data import load_samples
 

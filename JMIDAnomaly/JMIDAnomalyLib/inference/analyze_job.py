@@ -174,7 +174,8 @@ def analyze_case(
     """Analyze one CT and write the results folder ``out``.
 
     The segmentation is ``seg_path`` (with its label table ``seg_labels``, default the file
-    beside it) or made by ``segmenter`` (an :class:`segmentation.OrganSegmenter`).
+    beside it) or made by ``segmenter`` (an
+    :class:`~JMIDAnomalyLib.segmentation.nnunet.OrganSegmenter`).
     """
     ct = read_ct(ct_path)
     if seg_path is not None:

@@ -1,6 +1,7 @@
 """Explanations for an ensemble of fold models, computed on an organ crop.
 
-Both methods return a float32 map on the crop grid (z, y, x); :func:`geometry.map_to_source`
+Both methods return a float32 map on the crop grid (z, y, x);
+:func:`~JMIDAnomalyLib.imaging.geometry.map_to_source`
 puts it on the CT's grid. Sign convention: positive values mark voxels that *raise* the
 explained class's probability (occlusion: probability drop when the region is hidden; HiResCAM:
 positive evidence only, so the map is >= 0). Occlusion maps may be negative where hiding a region

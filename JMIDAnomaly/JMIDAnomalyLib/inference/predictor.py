@@ -4,9 +4,9 @@
 available) and analyzes many cases. For each organ and side it reports, per class, the ensemble
 probability (mean over folds), the fold spread (std), the bundle's threshold and a flag
 (probability >= threshold); organs the segmentation lacks are reported with their status. The
-explanation (:mod:`explain`) of the highest-scoring abnormal class is computed on the crop and
-mapped back onto the CT's grid through the crop record, so it lies on the anatomy in any
-orientation.
+explanation (:mod:`~JMIDAnomalyLib.inference.explain`) of the highest-scoring abnormal class is
+computed on the crop and mapped back onto the CT's grid through the crop record, so it lies on
+the anatomy in any orientation.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def find_bundles(
 ) -> dict[str, Bundle]:
     """Load bundles from paths: each a bundle (folder or zip) or a folder holding bundles
     (``*/bundle.json`` or ``*.zip``). Two bundles for one organ are an error.
-    ``weights=False``: metadata only (see :func:`bundle.load_bundle`)."""
+    ``weights=False``: metadata only (see :func:`~JMIDAnomalyLib.models.bundle.load_bundle`)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     found: dict[str, Bundle] = {}

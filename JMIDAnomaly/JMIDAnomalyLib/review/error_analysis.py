@@ -2,7 +2,8 @@
 
 - :class:`~JMIDAnomalyLib.review.queue.ReviewQueue`: the predictions to step through;
 - :class:`~JMIDAnomalyLib.review.feedback.FeedbackLog`: the reader's marks;
-- :class:`ReviewSession` ties them to :class:`reading.ReadingLogic`: each step loads the case's
+- :class:`ReviewSession` ties them to
+:class:`~JMIDAnomalyLib.review.reading.ReadingLogic`: each step loads the case's
   CT and segmentation from the data root (``images/``, ``segs/``, ``labels.json``, the layout
   of ``jmid evaluate --data`` and the demo cohort) and its heatmap for the item's class —
   from the heatmap cache when it was computed before, else through the worker.
@@ -57,7 +58,8 @@ class ReviewSession:
     """Error analysis in an MRML scene: one review item at a time, with its heatmap.
 
     Args:
-        reading: the :class:`reading.ReadingLogic` that runs analyses and loads results.
+        reading: the :class:`~JMIDAnomalyLib.review.reading.ReadingLogic` that runs analyses
+            and loads results.
         predictions_csv / data_root: the evaluation's predictions and the cases' data root.
         feedback_csv: where the marks go (created or continued).
         bundles: the model bundles (their thresholds judge FP/FN; they make the heatmaps).

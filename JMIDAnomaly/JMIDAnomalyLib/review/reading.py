@@ -1,10 +1,10 @@
 """The reading workflow behind the JMIDAnomaly module (and the browser review): Qt-free.
 
 :class:`ReadingLogic` takes MRML nodes, sends the analysis to the background worker
-(:mod:`workerclient`), never blocks, and puts what comes back into the scene: the organ
-segmentation (when a model made it), one heatmap overlay volume per explained organ, a scores
-table node and the report text. Selecting a score row centres the slice views on that organ and
-shows its heatmap as the foreground layer of every slice view.
+(:mod:`~JMIDAnomalyLib.worker.client`), never blocks, and puts what comes back into the scene:
+the organ segmentation (when a model made it), one heatmap overlay volume per explained organ, a
+scores table node and the report text. Selecting a score row centres the slice views on that
+organ and shows its heatmap as the foreground layer of every slice view.
 
 The module's Widget calls :meth:`ReadingLogic.process_events` from a timer; headless code and
 tests call :meth:`ReadingLogic.wait`. Importing this module needs no torch (the Slicer module
@@ -152,7 +152,8 @@ class ReadingLogic:
 
     def process_events(self) -> list[WorkerEvent]:
         """Handle what the worker reported since the last call (never waits). A ``result``
-        event gets the created :class:`scenes.CaseNodes` in ``event.data["nodes"]``."""
+        event gets the created
+        :class:`~JMIDAnomalyLib.scene.cases.CaseNodes` in ``event.data["nodes"]``."""
         events = self.worker.poll()
         for event in events:
             self._finish(event)
@@ -285,9 +286,10 @@ class ReadingLogic:
         return key
 
     def centre_on_finding(self, nodes: CaseNodes, key: str) -> tuple[float, float, float] | None:
-        """Centre every slice view where the model looked in the organ: the centroid of the
-        top 5 % of its heatmap (:func:`geometry.hot_spot_lps`); the organ's centre when it
-        has no heatmap or the heatmap is empty. Returns the point (RAS, mm) or None."""
+        """Centre every slice view where the model looked in the organ: the centroid of the top 5 %
+        of its heatmap (:func:`~JMIDAnomalyLib.imaging.geometry.hot_spot_lps`); the organ's
+        centre when it has no heatmap or the heatmap is empty. Returns the point (RAS, mm) or
+        None."""
         import SimpleITK as sitk
         from slicer import vtkMRMLSliceNode
 

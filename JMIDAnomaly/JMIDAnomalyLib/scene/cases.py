@@ -88,8 +88,8 @@ SCORE_COLUMNS = ("organ", "side", "class", "probability", "threshold", "flag", "
 
 
 def add_analysis_to_scene(scene, ct: sitk.Image, analysis, name: str = "CT") -> CaseNodes:
-    """Add an analysis (:class:`analysis.CaseAnalysis`) of ``ct`` to ``scene``: the CT and what
-    :func:`add_results_to_scene` adds."""
+    """Add an analysis (:class:`~JMIDAnomalyLib.inference.predictor.CaseAnalysis`) of ``ct``
+    to ``scene``: the CT and what :func:`add_results_to_scene` adds."""
     volume = mrml.image_to_volume_node(ct, scene, name)
     return add_results_to_scene(
         scene,

@@ -1,4 +1,5 @@
-"""Start and drive the background analysis worker (:mod:`worker`) without ever blocking.
+"""Start and drive the background analysis worker
+(:mod:`~JMIDAnomalyLib.worker.server`) without ever blocking.
 
 :class:`WorkerClient` is Qt-free: reader threads turn the worker's event lines and log lines
 into :class:`WorkerEvent` objects on a queue, and :meth:`WorkerClient.poll` hands over what has
@@ -148,7 +149,8 @@ class WorkerClient:
         return job
 
     def analyze(self, config) -> str:
-        """Queue an :class:`analyzejob.AnalyzeConfig`; returns the job id."""
+        """Queue an analysis (an :class:`~JMIDAnomalyLib.inference.analyze_job.AnalyzeConfig`);
+        returns the job id."""
         return self.submit(ANALYZE, config=config.to_dict())
 
     def poll(self) -> list[WorkerEvent]:
