@@ -13,6 +13,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from JMIDAnomalyLib.common.errors import InputError
+
 
 def _current_umask() -> int:
     mask = os.umask(0)
@@ -73,3 +75,22 @@ def atomic_output(path: str | os.PathLike, is_dir: bool = False) -> Iterator[Pat
                 shutil.rmtree(tmp, ignore_errors=True)
             else:
                 tmp.unlink()
+
+
+def check_replaceable(path: str | os.PathLike, marker: str) -> None:
+    """Refuse an output folder that would replace something that is not ours.
+
+    Args:
+        path: the output folder (``--out``).
+        marker: a file every earlier output of this kind holds (``scores.json``...).
+
+    Raises:
+        InputError: ``path`` is a file, or a folder holding files but no ``marker``.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise InputError(path, "is a file, not a results folder; it is left as it is")
+    if path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
+        raise InputError(
+            path, f"holds files but no {marker} (not an earlier result); choose another folder"
+        )

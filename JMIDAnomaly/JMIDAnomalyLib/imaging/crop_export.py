@@ -10,8 +10,8 @@ from JMIDAnomalyLib.common.atomic import atomic_output
 from JMIDAnomalyLib.common.errors import InputError
 from JMIDAnomalyLib.common.organs import ORGANS
 from JMIDAnomalyLib.imaging.crops import CropConfig, OrganCrop, crop_organs
-from JMIDAnomalyLib.imaging.label_tables import label_table, read_label_names
-from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map, write_image
+from JMIDAnomalyLib.imaging.label_tables import read_segmentation
+from JMIDAnomalyLib.imaging.volumes import read_ct, write_image
 
 
 def crop_case(
@@ -27,10 +27,9 @@ def crop_case(
     unknown = [o for o in organs if o not in ORGANS]
     if unknown:
         raise InputError("--organs", f"unknown organs {unknown}; choose from {', '.join(ORGANS)}")
-    labels_path = label_table(seg_path, labels_path, "--labels (value -> name JSON)")
     ct = read_ct(ct_path)
-    label_map = read_label_map(seg_path, reference=ct)
-    crops = crop_organs(ct, label_map, read_label_names(labels_path), organs, config)
+    label_map, names = read_segmentation(seg_path, ct, labels_path, "--labels")
+    crops = crop_organs(ct, label_map, names, organs, config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for crop in crops:

@@ -1,4 +1,9 @@
-"""Label tables of segmentation models and selection of our organs from a label map."""
+"""Label maps with their label tables, and our organs selected from them.
+
+:func:`read_segmentation` is the one reader of organ segmentations (label map on the CT's grid
+and its table); :func:`read_label_names` reads a label table in any of the formats of
+:mod:`~JMIDAnomalyLib.imaging.label_formats`.
+"""
 
 from __future__ import annotations
 
@@ -13,37 +18,64 @@ import SimpleITK as sitk
 from JMIDAnomalyLib.common.atomic import atomic_output
 from JMIDAnomalyLib.common.errors import InputError
 from JMIDAnomalyLib.common.organs import ORGANS, TOTALSEGMENTATOR_ORGANS
-from JMIDAnomalyLib.imaging.volumes import volume_stem
+from JMIDAnomalyLib.imaging import label_formats
+from JMIDAnomalyLib.imaging.geometry import Grid, resample_to_grid
+from JMIDAnomalyLib.imaging.volumes import read_label_map, volume_stem
 
 
 def read_label_names(path: str | os.PathLike) -> dict[int, str]:
-    """Read a label table: value -> structure name.
+    """Read a label table, whatever its format: value -> structure name (0 never included).
 
-    Accepts ``{"1": "spleen", ...}`` (TotalSegmentator style), or an nnU-Net ``dataset.json``
-    whose ``"labels"`` maps names to values (``{"background": 0, "spleen": 1}``).
+    Formats (:mod:`~JMIDAnomalyLib.imaging.label_formats`): JSON (``{"1": "spleen"}`` or an
+    nnU-Net ``dataset.json``), CSV/TSV with id and name columns, Slicer colour tables
+    (``.ctbl``, ``.txt``), and segmentation files that carry their table (a NIfTI label map with
+    TotalSegmentator's header extension, a Slicer ``.seg.nrrd``).
 
     Raises:
-        InputError: unreadable JSON or not a label table.
+        InputError: no such file, or not a label table (naming the file and the problem).
     """
     path = Path(path)
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(path, "no such label table file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"not valid JSON ({exc})") from None
-    if isinstance(data, dict) and isinstance(data.get("labels"), dict):
-        table: dict[int, str] = {}
-        for name, value in data["labels"].items():
-            values = value if isinstance(value, list) else [value]  # region-based labels
-            if len(values) != 1 or not str(values[0]).lstrip("-").isdigit():
-                raise InputError(path, f"label '{name}' has no single integer value")
-            if int(values[0]) != 0:
-                table[int(values[0])] = str(name)
+    if not path.is_file():
+        raise InputError(path, "no such label table file")
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz", ".seg.nrrd")):
+        table = embedded_label_names(path)
+        if table is None:
+            raise InputError(path, "this segmentation file carries no label table")
         return table
-    if isinstance(data, dict) and all(str(k).isdigit() for k in data):
-        return {int(k): str(v) for k, v in data.items() if int(k) != 0}
-    raise InputError(path, 'expected {"1": "liver", ...} or an nnU-Net dataset.json with "labels"')
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise InputError(path, "a label table must be UTF-8 text") from None
+    if name.endswith(".json") or text.lstrip().startswith("{"):
+        return label_formats.parse_json_table(path, text)
+    if name.endswith(label_formats.COLOR_TABLE_SUFFIXES):
+        return label_formats.parse_color_table(path, text)
+    return label_formats.parse_csv_table(path, text)
+
+
+def embedded_label_names(seg_path: str | os.PathLike) -> dict[int, str] | None:
+    """The label table a segmentation file carries itself (TotalSegmentator's NIfTI header
+    extension, a Slicer ``.seg.nrrd``); None when it carries none."""
+    path = Path(seg_path)
+    name = path.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return label_formats.nifti_extension_table(path)
+    if not name.endswith(".seg.nrrd"):
+        return None
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise InputError(path, f"cannot be read as a segmentation ({str(exc)[-160:]})") from None
+    fields = {k: reader.GetMetaData(k) for k in reader.GetMetaDataKeys()}
+    segments = label_formats.seg_nrrd_segments(fields)
+    if not segments:
+        return None
+    if len({s["layer"] for s in segments}) > 1:  # merged on reading: values 1..n in order
+        return {n: s["name"] for n, s in enumerate(segments, start=1)}
+    return {s["value"]: s["name"] for s in segments}
 
 
 def default_label_table(seg_path: Path) -> Path:
@@ -51,17 +83,98 @@ def default_label_table(seg_path: Path) -> Path:
     return seg_path.with_name(volume_stem(seg_path) + ".json")
 
 
-def label_table(
+def segmentation_label_names(
     seg_path: str | os.PathLike,
     given: str | os.PathLike | None = None,
     option: str = "--seg-labels",
-) -> Path:
-    """The label table of a label map: ``given``, else the one beside it; a clear error naming
-    ``option`` when there is none."""
-    table = Path(given) if given else default_label_table(Path(seg_path))
-    if not table.is_file():
-        raise InputError(table, f"no label table for the segmentation; pass {option}")
-    return table
+    required: bool = True,
+) -> dict[int, str]:
+    """The label table of a segmentation: ``given`` (any format of :func:`read_label_names`),
+    else the one the file carries, else the JSON beside it (``seg.json`` for ``seg.nii.gz``).
+
+    Raises:
+        InputError: ``required`` and none of them exists (naming ``option``).
+    """
+    if given:
+        return read_label_names(given)
+    embedded = embedded_label_names(seg_path) if Path(seg_path).is_file() else None
+    if embedded is not None:
+        return embedded
+    beside = default_label_table(Path(seg_path))
+    if beside.is_file():
+        return read_label_names(beside)
+    if required:
+        raise InputError(seg_path, f"the segmentation carries no label table; pass {option}")
+    return {}
+
+
+def read_segmentation(
+    seg_path: str | os.PathLike,
+    reference: sitk.Image,
+    given: str | os.PathLike | None = None,
+    option: str = "--seg-labels",
+    required: bool = True,
+) -> tuple[sitk.Image, dict[int, str]]:
+    """An organ segmentation on the CT's grid with its label table: the one reader of organ
+    segmentations that every command and the Slicer module use.
+
+    Args:
+        seg_path: a label map (NIfTI, NRRD, MetaImage, DICOM) or a Slicer ``.seg.nrrd``
+            (several layers are merged: each segment gets the value of its place in the file,
+            and a voxel in overlapping segments keeps the first); a ``.seg.nrrd`` saved on a
+            sub-extent of the CT is placed on the CT's grid.
+        reference: the CT.
+        given / option / required: the label table, when the file does not carry it (see
+            :func:`segmentation_label_names`).
+
+    Returns:
+        (uint8/uint16 label map on ``reference``'s grid, value -> structure name).
+    """
+    names = segmentation_label_names(seg_path, given, option, required)
+    if Path(seg_path).name.lower().endswith(".seg.nrrd"):
+        return _read_seg_nrrd(Path(seg_path), reference), names
+    return read_label_map(seg_path, reference=reference), names
+
+
+def _read_seg_nrrd(path: Path, reference: sitk.Image) -> sitk.Image:
+    """A ``.seg.nrrd`` as one label map on ``reference``'s grid."""
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise InputError(path, f"cannot be read as a segmentation ({str(exc)[-160:]})") from None
+    fields = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys()}
+    segments = label_formats.seg_nrrd_segments(fields)
+    count = image.GetNumberOfComponentsPerPixel()
+    layers = (
+        [sitk.VectorIndexSelectionCast(image, i) for i in range(count)] if count > 1 else [image]
+    )
+    if len({s["layer"] for s in segments}) > 1:
+        arrays = [sitk.GetArrayViewFromImage(layer) for layer in layers]
+        merged = np.zeros(arrays[0].shape, dtype=np.uint16 if len(segments) > 255 else np.uint8)
+        for n, segment in enumerate(segments, start=1):
+            merged[(arrays[segment["layer"]] == segment["value"]) & (merged == 0)] = n
+        label_map = sitk.GetImageFromArray(merged)
+        label_map.CopyInformation(layers[0])
+    else:
+        label_map = layers[0]
+    grid = Grid.from_image(reference)
+    if Grid.from_image(label_map).difference(grid) is not None:
+        label_map = _onto_grid(path, label_map, grid)
+    return sitk.Cast(label_map, sitk.sitkUInt16 if len(segments) > 255 else sitk.sitkUInt8)
+
+
+def _onto_grid(path: Path, label_map: sitk.Image, grid: Grid) -> sitk.Image:
+    """A label map on a sub-extent of ``grid`` (same spacing and axes, voxel-aligned), placed on
+    the whole grid; anything else is an InputError."""
+    own = Grid.from_image(label_map)
+    offset = grid.physical_to_index(np.asarray(own.origin))[0]
+    aligned = np.allclose(own.spacing, grid.spacing, atol=1e-3) and np.allclose(
+        own.direction, grid.direction, atol=1e-4
+    )
+    if not aligned or not np.allclose(offset, np.round(offset), atol=1e-3):
+        problem = own.difference(grid)
+        raise InputError(path, f"the segmentation does not lie on the CT's grid: {problem}")
+    return resample_to_grid(label_map, grid, "nearest")
 
 
 def write_label_names(names: Mapping[int, str], path: str | os.PathLike) -> None:

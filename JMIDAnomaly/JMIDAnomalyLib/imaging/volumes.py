@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from JMIDAnomalyLib.common.atomic import atomic_output
 from JMIDAnomalyLib.common.errors import InputError
+from JMIDAnomalyLib.imaging.integrity import check_dicom_series, check_nifti_complete
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ def _read_dicom_series(path: Path) -> sitk.Image:
     files = reader.GetGDCMSeriesFileNames(str(folder), chosen)
     if len(files) < 2:
         raise InputError(path, "the DICOM series has fewer than 2 slices; a 3D CT is needed")
+    check_dicom_series(folder, list(files))
     reader.SetFileNames(files)
     image = reader.Execute()
     # GDCM applies RescaleSlope/Intercept, so values are Hounsfield units for CT series.
@@ -90,7 +92,9 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
         The image, in ITK's LPS physical space.
 
     Raises:
-        InputError: the path does not exist or cannot be read as an image.
+        InputError: the path does not exist or cannot be read as an image, a NIfTI file is cut
+            off, or a DICOM series has missing, duplicated or unreadable slices, uneven spacing
+            or a gantry tilt (:mod:`~JMIDAnomalyLib.imaging.integrity`).
     """
     path = Path(path)
     if not path.exists():
@@ -98,6 +102,8 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     try:
         if path.is_dir() or not _is_volume_file(path):
             return _read_dicom_series(path)
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            check_nifti_complete(path)
         return sitk.ReadImage(str(path))
     except InputError:
         raise

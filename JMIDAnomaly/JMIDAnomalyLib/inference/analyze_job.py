@@ -30,11 +30,11 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from JMIDAnomalyLib.common.atomic import atomic_output
+from JMIDAnomalyLib.common.atomic import atomic_output, check_replaceable
 from JMIDAnomalyLib.common.errors import InputError, check_known_keys
 from JMIDAnomalyLib.common.progress import Progress
-from JMIDAnomalyLib.imaging.label_tables import label_table, read_label_names, write_label_names
-from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map, write_image
+from JMIDAnomalyLib.imaging.label_tables import read_segmentation, write_label_names
+from JMIDAnomalyLib.imaging.volumes import read_ct, write_image
 from JMIDAnomalyLib.inference.methods import OCCLUSION, check_explain_method
 from JMIDAnomalyLib.inference.predictor import AnomalyPredictor, CaseAnalysis
 
@@ -177,11 +177,10 @@ def analyze_case(
     beside it) or made by ``segmenter`` (an
     :class:`~JMIDAnomalyLib.segmentation.nnunet.OrganSegmenter`).
     """
+    check_replaceable(out, "scores.json")
     ct = read_ct(ct_path)
     if seg_path is not None:
-        table = label_table(seg_path, seg_labels)
-        label_map = read_label_map(seg_path, reference=ct)
-        names = read_label_names(table)
+        label_map, names = read_segmentation(seg_path, ct, seg_labels)
         source = "given"
     elif segmenter is not None:
         label_map = segmenter.segment(ct)

@@ -180,7 +180,6 @@ class ReadingController:
 
     def open_file(self, ct: str | os.PathLike, seg: str = "", seg_labels: str = ""):
         """Load a CT file (and its organ label map) as the case to read: (volume, segmentation)."""
-        from JMIDAnomalyLib.imaging.label_tables import label_table
         from JMIDAnomalyLib.imaging.volumes import read_ct, volume_stem
         from JMIDAnomalyLib.scene import mrml
         from JMIDAnomalyLib.scene.cases import import_segmentation_for_volume
@@ -189,8 +188,7 @@ class ReadingController:
         volume = mrml.image_to_volume_node(read_ct(ct), self.scene, volume_stem(ct))
         segmentation = None
         if seg:
-            table = label_table(seg, seg_labels or None)
-            segmentation = import_segmentation_for_volume(volume, seg, table)
+            segmentation = import_segmentation_for_volume(volume, seg, seg_labels or None)
         self._loaded = [volume, segmentation]
         return volume, segmentation
 

@@ -38,16 +38,14 @@ def case_files(data_root: str | os.PathLike, case_id: str) -> tuple[Path, Path, 
 def load_case(scene, data_root: str | os.PathLike, case_id: str):
     """A data-root case's CT and organ segmentation as nodes of ``scene``: (volume, segmentation).
     The nodes are named after the case id (the data root's pseudonymous file name)."""
-    from JMIDAnomalyLib.imaging.label_tables import read_label_names, select_organs
-    from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map
+    from JMIDAnomalyLib.imaging.label_tables import read_segmentation, select_organs
+    from JMIDAnomalyLib.imaging.volumes import read_ct
     from JMIDAnomalyLib.scene import mrml
 
     ct_path, seg_path, table = case_files(data_root, case_id)
     ct = read_ct(ct_path)
     volume = mrml.image_to_volume_node(ct, scene, case_id)
-    label_map, names = select_organs(
-        read_label_map(seg_path, reference=ct), read_label_names(table)
-    )
+    label_map, names = select_organs(*read_segmentation(seg_path, ct, table))
     segmentation = mrml.label_map_to_segmentation_node(
         label_map, names, scene, f"{case_id} organs", volume
     )

@@ -67,12 +67,10 @@ def import_segmentation_for_volume(
     Raises:
         InputError: unreadable files, or a label map on another grid.
     """
-    from JMIDAnomalyLib.imaging.label_tables import read_label_names, select_organs
-    from JMIDAnomalyLib.imaging.volumes import read_label_map
+    from JMIDAnomalyLib.imaging.label_tables import read_segmentation, select_organs
 
     ct = mrml.volume_node_to_image(volume_node)
-    label_map = read_label_map(label_map_path, reference=ct)
-    names = read_label_names(label_table_path) if label_table_path else {}
+    label_map, names = read_segmentation(label_map_path, ct, label_table_path, required=False)
     if organs_only and names:
         label_map, names = select_organs(label_map, names)
     return mrml.label_map_to_segmentation_node(

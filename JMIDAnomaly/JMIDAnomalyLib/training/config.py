@@ -22,7 +22,9 @@ class TrainConfig:
         organ: which organ (kidney and adrenal train on left and right crops together).
         labels_dir: output of ``jmid labels`` (``<organ>.csv``).
         images_dir / segs_dir: CTs and organ label maps named ``<case_id>.nii.gz``.
-        seg_labels: the label maps' table (value -> structure name JSON).
+        seg_labels: the label maps' table (any format :func:`~JMIDAnomalyLib.imaging.label_tables.
+            read_label_names` reads); empty: each label map's own (its header, or the JSON
+            beside it).
         out: output folder (checkpoints, logs, the bundle).
         crop_cache: crop cache folder (default ``<out>/crop_cache``); share it between jobs.
         crop_preset / crop: crop preset name and overrides of its fields.

@@ -19,8 +19,8 @@ from JMIDAnomalyLib.common.errors import InputError
 from JMIDAnomalyLib.common.organs import ORGAN_CLASSES
 from JMIDAnomalyLib.common.progress import Progress
 from JMIDAnomalyLib.imaging.crop_cache import CropCache
-from JMIDAnomalyLib.imaging.label_tables import read_label_names
-from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map
+from JMIDAnomalyLib.imaging.label_tables import read_segmentation
+from JMIDAnomalyLib.imaging.volumes import read_ct
 from JMIDAnomalyLib.models.inputs import model_batch
 from JMIDAnomalyLib.training.config import TrainConfig
 
@@ -59,7 +59,6 @@ def load_samples(
     """All usable samples of ``config.organ``, and a summary of what was left out and why."""
     classes = ORGAN_CLASSES[config.organ]
     rows = read_organ_labels(config.labels_dir, config.organ)
-    names = read_label_names(config.seg_labels)
     cache = CropCache(config.cache_dir())
     crop_config = config.crop_config()
     by_case: dict[str, list[dict]] = {}
@@ -77,7 +76,10 @@ def load_samples(
             continue
         ct = read_ct(image_path)
         crops, _ = cache.get(
-            ct, read_label_map(seg_path, reference=ct), names, (config.organ,), crop_config
+            ct,
+            *read_segmentation(seg_path, ct, config.seg_labels or None),
+            (config.organ,),
+            crop_config,
         )
         by_side = {c.side or "": c for c in crops}
         for row in case_rows:

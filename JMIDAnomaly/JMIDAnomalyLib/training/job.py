@@ -106,7 +106,8 @@ def _start_run(config: TrainConfig, out: Path, resume: bool) -> None:
     """Check the inputs and the output folder, then write ``config.json`` (nothing is written
     before the inputs are known to be there)."""
     read_organ_labels(config.labels_dir, config.organ)
-    read_label_names(config.seg_labels)
+    if config.seg_labels:
+        read_label_names(config.seg_labels)
     saved = out / "config.json"
     if saved.exists() and resume:
         previous = json.loads(saved.read_text(encoding="utf-8"))

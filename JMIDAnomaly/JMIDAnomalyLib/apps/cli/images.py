@@ -49,16 +49,15 @@ def _add_scene(parser: argparse.ArgumentParser) -> None:
 def _run_scene(args: argparse.Namespace) -> int:
     from slicer import vtkMRMLScene
 
-    from JMIDAnomalyLib.imaging.label_tables import read_label_names, select_organs
-    from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map
+    from JMIDAnomalyLib.imaging.label_tables import read_segmentation, select_organs
+    from JMIDAnomalyLib.imaging.volumes import read_ct
     from JMIDAnomalyLib.scene.cases import add_case_to_scene
     from JMIDAnomalyLib.scene.mrml import save_scene
 
     ct = read_ct(args.ct)
     label_map, names = None, None
     if args.seg:
-        label_map = read_label_map(args.seg, reference=ct)
-        names = read_label_names(args.labels) if args.labels else {}
+        label_map, names = read_segmentation(args.seg, ct, args.labels, "--labels", required=False)
         if not args.all_structures and names:
             label_map, names = select_organs(label_map, names)
     scene = vtkMRMLScene()

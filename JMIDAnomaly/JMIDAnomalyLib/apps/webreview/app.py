@@ -67,9 +67,9 @@ class ReviewOptions:
             if path and not Path(path).exists():
                 raise InputError(path, f"the {what} does not exist")
         if self.seg:
-            from JMIDAnomalyLib.imaging.label_tables import label_table
+            from JMIDAnomalyLib.imaging.label_tables import segmentation_label_names
 
-            label_table(self.seg, self.seg_labels)  # names a missing table
+            segmentation_label_names(self.seg, self.seg_labels)  # names a missing table
         if self.cases and not (self.data_root and Path(self.data_root).is_dir()):
             problem = "--cases needs the data root of its cases (images/, segs/)"
             raise InputError(self.data_root or "--data-root", problem)
