@@ -166,11 +166,45 @@ def test_user_keyword_table_replaces_the_builtin_one(tmp_path):
     liver = read_labels(tmp_path / "out", "liver")[0]
     assert liver["SOL"] == "1" and liver["cyst"] == "0"
     assert summary["taxonomy"]["liver"] == str(tables / "liver.csv")
+    # A bad row is named in the summary and left out; the rest of the table is used.
     (tables / "liver.csv").write_text(
-        "keyword,keyword_en,frequency,category\n嚢胞,cyst,1,42\n", encoding="utf-8"
+        "keyword,keyword_en,frequency,category\n嚢胞,cyst,1,42\n異常,abnormal,5,7\n",
+        encoding="utf-8",
     )
-    with pytest.raises(InputError, match=r"liver.csv: line 2: category '42'"):
-        label_reports(source, tmp_path / "out2", LabelOptions(taxonomy=str(tables)))
+    summary = label_reports(source, tmp_path / "out2", LabelOptions(taxonomy=str(tables)))
+    [problem] = summary["taxonomy_problems"]
+    assert "liver.csv: line 2: category '42'" in problem
+    (tables / "liver.csv").write_text("word,kind\n嚢胞,3\n", encoding="utf-8")
+    with pytest.raises(InputError, match="expected the columns keyword"):
+        label_reports(source, tmp_path / "out3", LabelOptions(taxonomy=str(tables)))
+
+
+@pytest.mark.parametrize(
+    ("data", "what"),
+    [
+        # The published kidney table: its header lacks keyword_en, its rows have it.
+        ("keyword,frequency,category\n嚢胞,cyst,10,0\n結石,stone,3,5\n".encode(), "header"),
+        (
+            "\ufeffkeyword,keyword_en,frequency,category\n嚢胞,cyst,1,0\n結石,stone,1,5\n".encode(),
+            "bom",
+        ),
+        (
+            "keyword,keyword_en,frequency,category\n嚢胞,cyst,1,0\n結石,stone,1,5\n".encode(
+                "cp932"
+            ),
+            "cp932",
+        ),
+        ("category,keyword,note\n0,嚢胞,x\n5,結石,y\n".encode(), "extra columns"),
+    ],
+)
+def test_keyword_tables_are_read_tolerantly(tmp_path, data, what):
+    from JMIDAnomalyLib.labels.taxonomy import Taxonomy
+
+    (tmp_path / "kidney.csv").write_bytes(data)
+    taxonomy = Taxonomy.load(tmp_path)
+    assert taxonomy.keywords["嚢胞"]["kidney"] == "cyst", what
+    assert taxonomy.keywords["結石"]["kidney"] == "calcification", what
+    assert taxonomy.problems == [], what
 
 
 def test_unmentioned_unknown_leaves_cells_empty(tmp_path):

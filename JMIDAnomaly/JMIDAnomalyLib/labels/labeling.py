@@ -273,6 +273,7 @@ class _Tally:
             "input": str(reports),
             "options": options.to_dict(),
             "taxonomy": extractor.taxonomy.sources,
+            "taxonomy_problems": extractor.taxonomy.problems,
             "reports_read": self.read,
             "reports_labelled": self.labelled,
             "rows_skipped": self.skipped,

@@ -188,12 +188,14 @@ class Taxonomy:
         keywords: term -> {organ: class} from the per-organ tables.
         implied: term -> (organ, side, class) for diagnoses that name their organ (脂肪肝, 脾腫).
         sources: where each organ's table came from (built-in or a user file).
+        problems: rows of the tables that were left out, and why (``summary.json`` lists them).
     """
 
     anatomy: dict[str, tuple[str, str | None]]
     keywords: dict[str, dict[str, str]]
     implied: dict[str, tuple[str, str | None, str]]
     sources: dict[str, str] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.anatomy_terms = list(self.anatomy)
@@ -225,7 +227,7 @@ class Taxonomy:
         (``term,organ,side,class``) to extend the synonym tables.
 
         Raises:
-            InputError: a table that is not in the published format, or a bad category.
+            InputError: a table without keyword and category columns, or a bad synonym row.
         """
         builtin = resources.files("JMIDAnomalyLib") / "data"
         user = Path(directory) if directory else None
@@ -233,11 +235,12 @@ class Taxonomy:
             raise InputError(user, "the taxonomy folder does not exist")
         keywords: dict[str, dict[str, str]] = {}
         sources: dict[str, str] = {}
+        problems: list[str] = []
         for organ in ORGANS:
             path = user / f"{organ}.csv" if user and (user / f"{organ}.csv").exists() else None
             text, source = _read_table_text(path, builtin / "keywords" / f"{organ}.csv")
             sources[organ] = source
-            for term, class_name in _parse_keyword_table(text, organ, source):
+            for term, class_name in _parse_keyword_table(text, organ, source, problems):
                 keywords.setdefault(term, {})[organ] = class_name
         anatomy = {
             normalize(r["term"]): (r["organ"], r["side"] or None)
@@ -257,7 +260,7 @@ class Taxonomy:
                             if name == "anatomy.csv"
                             else (r["organ"], r["side"] or None, r["class"])
                         )
-        return cls(anatomy, keywords, implied, sources)
+        return cls(anatomy, keywords, implied, sources, problems)
 
 
 def _read_table_text(path: Path | None, fallback) -> tuple[str, str]:
@@ -284,26 +287,37 @@ def _check_user_row(row: dict[str, str], path: Path) -> None:
         raise InputError(path, f"unknown class '{row['class']}' for {organ}")
 
 
-def _parse_keyword_table(text: str, organ: str, source: str) -> list[tuple[str, str]]:
-    reader = csv.DictReader(text.splitlines())
-    needed = {"keyword", "keyword_en", "category"}
-    if not reader.fieldnames or not needed <= set(reader.fieldnames):
+def _parse_keyword_table(
+    text: str, organ: str, source: str, problems: list[str]
+) -> list[tuple[str, str]]:
+    """(term, class) pairs of a keyword table in the published format (``keyword, keyword_en,
+    frequency, category``), read tolerantly: ``keyword_en`` and ``frequency`` may be missing,
+    extra columns are ignored, and a header without ``keyword_en`` above rows that have it (as
+    in a published kidney table) is read as the four published columns. A row whose category is
+    not a class index is left out and named in ``problems``.
+
+    Raises:
+        InputError: no ``keyword`` or no ``category`` column at all.
+    """
+    rows = [row for row in csv.reader(text.splitlines()) if any(cell.strip() for cell in row)]
+    header = [h.strip().lstrip("\ufeff").lower() for h in rows[0]] if rows else []
+    if "keyword" not in header or "category" not in header:
         raise InputError(source, "expected the columns keyword,keyword_en,frequency,category")
+    body = rows[1:]
+    if "keyword_en" not in header and body and all(len(r) == len(header) + 1 for r in body):
+        header.insert(header.index("keyword") + 1, "keyword_en")  # the header lacks it
     classes = ORGAN_CLASSES[organ]
     out = []
-    for line, row in enumerate(reader, start=2):
-        try:
-            category = int(row["category"])
-            if not 0 <= category < len(classes):
-                raise ValueError
-        except (TypeError, ValueError):
-            raise InputError(
-                source,
-                f"line {line}: category '{row['category']}' is not a class index "
-                f"0..{len(classes) - 1} "
-                f"of {organ} ({', '.join(classes)})",
-            ) from None
-        for term in (row["keyword"], row["keyword_en"]):
-            if term and term.strip():
-                out.append((normalize(term.strip()), classes[category]))
+    for line, cells in enumerate(body, start=2):
+        row = dict(zip(header, (c.strip() for c in cells), strict=False))
+        category = row.get("category", "")
+        if not category.isdigit() or not int(category) < len(classes):
+            problems.append(
+                f"{source}: line {line}: category '{category}' is not a class index "
+                f"0..{len(classes) - 1} of {organ} ({', '.join(classes)}); row left out"
+            )
+            continue
+        for term in (row.get("keyword", ""), row.get("keyword_en", "")):
+            if term:
+                out.append((normalize(term), classes[int(category)]))
     return out
