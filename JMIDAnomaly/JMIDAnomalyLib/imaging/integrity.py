@@ -37,7 +37,10 @@ def check_nifti_complete(path: str | os.PathLike) -> None:
     Raises:
         InputError: naming the file, with how much of the data is there.
     """
-    import nibabel as nib  # reads the header only
+    try:
+        import nibabel as nib  # reads the header only
+    except ImportError:  # Slicer before its dependencies are installed: ITK reads as before
+        return
 
     path = Path(path)
     try:

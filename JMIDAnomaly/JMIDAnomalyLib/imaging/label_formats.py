@@ -95,7 +95,10 @@ def parse_color_table(path: Path, text: str) -> dict[int, str]:
 def nifti_extension_table(path: Path) -> dict[int, str] | None:
     """The table in a NIfTI file's header extensions (a CaretExtension XML ``LabelTable``, as
     TotalSegmentator writes it); None when the file carries none. Reads the header only."""
-    import nibabel as nib  # nibabel 5: header extensions, read without the voxel data
+    try:
+        import nibabel as nib  # nibabel 5: header extensions, read without the voxel data
+    except ImportError:  # Slicer before its dependencies are installed
+        return None
 
     try:
         header = nib.load(str(path)).header

@@ -61,6 +61,19 @@ def embedded_label_names(seg_path: str | os.PathLike) -> dict[int, str] | None:
     name = path.name.lower()
     if name.endswith((".nii", ".nii.gz")):
         return label_formats.nifti_extension_table(path)
+    kind, dicom_file = _dicom_segmentation(path)
+    if kind == "RTSTRUCT":
+        from JMIDAnomalyLib.imaging.rtstruct import roi_names
+
+        return roi_names(dicom_file)
+    if kind == "SEG":
+        import pydicom
+
+        header = pydicom.dcmread(dicom_file, stop_before_pixels=True)
+        return {
+            int(s.SegmentNumber): str(s.SegmentLabel).strip().lower().replace(" ", "_")
+            for s in header.SegmentSequence
+        }
     if not name.endswith(".seg.nrrd"):
         return None
     reader = sitk.ImageFileReader()
@@ -76,6 +89,22 @@ def embedded_label_names(seg_path: str | os.PathLike) -> dict[int, str] | None:
     if len({s["layer"] for s in segments}) > 1:  # merged on reading: values 1..n in order
         return {n: s["name"] for n, s in enumerate(segments, start=1)}
     return {s["value"]: s["name"] for s in segments}
+
+
+def _dicom_segmentation(path: str | os.PathLike) -> tuple[str | None, Path | None]:
+    """(``SEG`` or ``RTSTRUCT``, the file) when ``path`` is or holds one; (None, None) for
+    volume files and other folders."""
+    from JMIDAnomalyLib.imaging.dicom_seg import find_dicom_seg
+    from JMIDAnomalyLib.imaging.rtstruct import find_rtstruct
+    from JMIDAnomalyLib.imaging.volumes import VOLUME_SUFFIXES
+
+    if Path(path).name.lower().endswith(VOLUME_SUFFIXES) or not Path(path).exists():
+        return None, None
+    for kind, find in (("SEG", find_dicom_seg), ("RTSTRUCT", find_rtstruct)):
+        found = find(path)
+        if found is not None:
+            return kind, found
+    return None, None
 
 
 def default_label_table(seg_path: Path) -> Path:
@@ -119,7 +148,9 @@ def read_segmentation(
     segmentations that every command and the Slicer module use.
 
     Args:
-        seg_path: a label map (NIfTI, NRRD, MetaImage, DICOM) or a Slicer ``.seg.nrrd``
+        seg_path: a label map (NIfTI, NRRD, MetaImage, DICOM), a DICOM SEG or RTSTRUCT (file,
+            or a folder holding it; placed on the CT through the patient coordinates) or a
+            Slicer ``.seg.nrrd``
             (several layers are merged: each segment gets the value of its place in the file,
             and a voxel in overlapping segments keeps the first); a ``.seg.nrrd`` saved on a
             sub-extent of the CT is placed on the CT's grid.
@@ -130,6 +161,15 @@ def read_segmentation(
     Returns:
         (uint8/uint16 label map on ``reference``'s grid, value -> structure name).
     """
+    kind, dicom_file = _dicom_segmentation(seg_path)
+    if kind == "SEG":  # DICOM SEG and RTSTRUCT carry their segment names
+        from JMIDAnomalyLib.imaging.dicom_seg import read_dicom_seg
+
+        return read_dicom_seg(dicom_file, reference)
+    if kind == "RTSTRUCT":
+        from JMIDAnomalyLib.imaging.rtstruct import read_rtstruct
+
+        return read_rtstruct(dicom_file, reference)
     names = segmentation_label_names(seg_path, given, option, required)
     if Path(seg_path).name.lower().endswith(".seg.nrrd"):
         return _read_seg_nrrd(Path(seg_path), reference), names

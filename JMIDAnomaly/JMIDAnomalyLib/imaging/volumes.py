@@ -50,7 +50,17 @@ def _is_volume_file(path: Path) -> bool:
     return any(name.endswith(s) for s in VOLUME_SUFFIXES)
 
 
-def _read_dicom_series(path: Path) -> sitk.Image:
+def dicom_series_files(path: str | os.PathLike) -> list[str]:
+    """The slice files of a DICOM series in the order the CT is read (GDCM's, by position).
+
+    Args:
+        path: the series' folder, or one file of the series.
+
+    Raises:
+        InputError: no series, several series in the folder, fewer than 2 slices, or a series
+            with missing, duplicated or unreadable slices, uneven spacing or a gantry tilt.
+    """
+    path = Path(path)
     folder = path if path.is_dir() else path.parent
     reader = sitk.ImageSeriesReader()
     series = reader.GetGDCMSeriesIDs(str(folder))
@@ -72,14 +82,18 @@ def _read_dicom_series(path: Path) -> sitk.Image:
                 f"the folder holds {len(series)} DICOM series; pass one file of the series to read",
             )
         chosen = series[0]
-    files = reader.GetGDCMSeriesFileNames(str(folder), chosen)
+    files = list(reader.GetGDCMSeriesFileNames(str(folder), chosen))
     if len(files) < 2:
         raise InputError(path, "the DICOM series has fewer than 2 slices; a 3D CT is needed")
-    check_dicom_series(folder, list(files))
-    reader.SetFileNames(files)
-    image = reader.Execute()
+    check_dicom_series(folder, files)
+    return files
+
+
+def _read_dicom_series(path: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(dicom_series_files(path))
     # GDCM applies RescaleSlope/Intercept, so values are Hounsfield units for CT series.
-    return image
+    return reader.Execute()
 
 
 def read_image(path: str | os.PathLike) -> sitk.Image:

@@ -35,6 +35,7 @@ from JMIDAnomalyLib.common.errors import InputError, check_known_keys
 from JMIDAnomalyLib.common.progress import Progress
 from JMIDAnomalyLib.imaging.label_tables import read_segmentation, write_label_names
 from JMIDAnomalyLib.imaging.volumes import read_ct, write_image
+from JMIDAnomalyLib.inference.dicom_export import dicom_sources, write_dicom_results
 from JMIDAnomalyLib.inference.methods import OCCLUSION, check_explain_method
 from JMIDAnomalyLib.inference.predictor import AnomalyPredictor, CaseAnalysis
 
@@ -53,7 +54,9 @@ class AnalyzeConfig:
         explain: ``occlusion``, ``hirescam`` or ``none``; explain_class: the class to explain
             (default: each organ's highest-scoring abnormal class).
         organs: organs to analyze (default: every bundle's). device: ``auto``, ``cuda``,
-            ``mps`` or ``cpu``. scene: also write ``scene.mrb``.
+            ``mps`` or ``cpu``. scene: also write ``scene.mrb``. dicom: also write ``dicom/``,
+            the segmentation and heatmaps as DICOM SEG and Parametric Maps (a DICOM CT only;
+            :mod:`~JMIDAnomalyLib.inference.dicom_export`).
     """
 
     ct: str
@@ -67,6 +70,7 @@ class AnalyzeConfig:
     organs: list[str] = field(default_factory=list)
     device: str = "auto"
     scene: bool = True
+    dicom: bool = False
 
     def __post_init__(self) -> None:
         self.bundles = [str(b) for b in self.bundles]
@@ -134,6 +138,7 @@ class AnalysisRunner:
             config.scene,
             progress,
             config.explain_class or None,
+            dicom=config.dicom,
         )
         return AnalysisRun(analysis, config.out, time.perf_counter() - start, reused)
 
@@ -170,14 +175,16 @@ def analyze_case(
     scene: bool = True,
     progress: Progress | None = None,
     explain_class: str | None = None,
+    dicom: bool = False,
 ) -> CaseAnalysis:
-    """Analyze one CT and write the results folder ``out``.
+    """Analyze one CT and write the results folder ``out`` (with ``dicom``, also ``dicom/``).
 
     The segmentation is ``seg_path`` (with its label table ``seg_labels``, default the file
     beside it) or made by ``segmenter`` (an
     :class:`~JMIDAnomalyLib.segmentation.nnunet.OrganSegmenter`).
     """
     check_replaceable(out, "scores.json")
+    ct_files = dicom_sources(ct_path) if dicom else None  # checked before any work
     ct = read_ct(ct_path)
     if seg_path is not None:
         label_map, names = read_segmentation(seg_path, ct, seg_labels)
@@ -196,6 +203,8 @@ def analyze_case(
     analysis = predictor.analyze(ct, label_map, names, organs, explain, explain_class, step)
     with atomic_output(out, is_dir=True) as tmp:
         write_results(tmp, ct, analysis, predictor, Path(ct_path).name, source, scene)
+        if ct_files:
+            write_dicom_results(tmp, analysis, ct_files)
     if progress:
         progress(1.0, f"results written to {out}")
     return analysis

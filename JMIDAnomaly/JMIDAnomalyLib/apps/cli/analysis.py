@@ -11,14 +11,25 @@ from JMIDAnomalyLib.apps.cli.options import Command, add_model_options, organ_li
 def _add_analyze(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ct", required=True, type=Path, help="CT volume file or DICOM folder")
     seg = parser.add_mutually_exclusive_group(required=True)
-    seg.add_argument("--seg", type=Path, help="organ label map on the CT's grid")
+    seg.add_argument(
+        "--seg",
+        type=Path,
+        help="organ segmentation: a label map on the CT's grid, a .seg.nrrd or a DICOM SEG",
+    )
     seg.add_argument("--seg-model", type=Path, help="nnU-Net v2 model folder to segment with")
     parser.add_argument(
-        "--seg-labels", type=Path, help="label table of --seg (default: SEG's name with .json)"
+        "--seg-labels",
+        type=Path,
+        help="label table of --seg when the file carries none (default: SEG's name with .json)",
     )
     parser.add_argument("--out", required=True, type=Path, help="results folder")
     add_model_options(parser)
     parser.add_argument("--no-scene", action="store_true", help="skip the Slicer scene")
+    parser.add_argument(
+        "--dicom-out",
+        action="store_true",
+        help="also write OUT/dicom/: DICOM SEG and parametric maps (CT given as DICOM)",
+    )
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
@@ -36,6 +47,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
         organs=organ_list(args.organs),
         device=args.device,
         scene=not args.no_scene,
+        dicom=args.dicom_out,
     )
     analysis = AnalysisRunner().run(config, console_progress("analyze")).analysis
     for organ in analysis.organs:
