@@ -143,8 +143,27 @@ def _z(path) -> float:
     return float(pydicom.dcmread(path, stop_before_pixels=True).ImagePositionPatient[2])
 
 
-def test_analyze_never_replaces_a_file_that_is_not_its_own(demo_run, tmp_path, capsys):
+def test_analyze_never_replaces_a_file_that_is_not_its_own(
+    reference_data, demo_run, tmp_path, capsys
+):
     _, demo, _ = demo_run
+    # TotalSegmentator's output as it comes: no label table given.
+    seg = reference_data.root / "example_seg.nii.gz"
+    ts = [
+        "analyze",
+        "--ct",
+        str(reference_data.ct_small),
+        "--seg",
+        str(seg),
+        "--explain",
+        "none",
+        "--bundle",
+        str(demo / "training" / "liver" / "bundle"),
+        "--no-scene",
+    ]
+    assert main([*ts, "--out", str(tmp_path / "ts")]) == 0
+    scores = json.loads((tmp_path / "ts" / "scores.json").read_text())
+    assert scores["organs"][0]["organ"] == "liver" and scores["organs"][0]["scores"]
     case = next((demo / "analysis").iterdir()).name
     cohort = demo / "cohort"
     args = [
