@@ -106,7 +106,6 @@ def write_dicom_seg(
     """
     import highdicom as hd
     import pydicom
-    from pydicom.sr.codedict import codes
 
     from JMIDAnomalyLib import __version__
     from JMIDAnomalyLib.common.atomic import atomic_output
@@ -115,20 +114,7 @@ def write_dicom_seg(
     labels = sitk.GetArrayViewFromImage(label_map)
     present = [v for v in sorted(names) if np.any(labels == v)]
     masks = np.stack([labels == v for v in present], axis=-1)  # (frames, rows, cols, segments)
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name="JMID Anomaly", version=__version__, family=codes.cid7162.ArtificialIntelligence
-    )
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=n,
-            segment_label=names[value],
-            segmented_property_category=codes.SCT.Organ,
-            segmented_property_type=codes.SCT.Organ,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
-        )
-        for n, value in enumerate(present, start=1)
-    ]
+    descriptions = _segment_descriptions([names[v] for v in present])
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=masks.astype(np.uint8),
@@ -220,3 +206,26 @@ def write_parametric_map(
     with atomic_output(path) as tmp:
         pmap.save_as(tmp)
     return Path(path)
+
+
+def _segment_descriptions(labels: list[str]) -> list:
+    """highdicom segment descriptions (segments 1..n) of organs found by JMID Anomaly."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from JMIDAnomalyLib import __version__
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="JMID Anomaly", version=__version__, family=codes.cid7162.ArtificialIntelligence
+    )
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=n,
+            segment_label=label,
+            segmented_property_category=codes.SCT.Organ,
+            segmented_property_type=codes.SCT.Organ,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for n, label in enumerate(labels, start=1)
+    ]
