@@ -198,8 +198,11 @@ def write_parametric_map(
         device_serial_number="0",
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
-        window_center=(low + high) / 2,
-        window_width=max(high - low, 1e-6),
+        voi_lut_transformations=[
+            hd.VOILUTTransformation(
+                window_center=(low + high) / 2, window_width=max(high - low, 1e-6)
+            )
+        ],
         content_label="HEATMAP",
         content_description=explanation[:64],
     )
