@@ -107,7 +107,6 @@ def write_dicom_seg(
     import highdicom as hd
     import pydicom
 
-    from JMIDAnomalyLib import __version__
     from JMIDAnomalyLib.common.atomic import atomic_output
 
     sources = [_source(pydicom.dcmread(f), f) for f in ct_files]
@@ -120,15 +119,8 @@ def write_dicom_seg(
         pixel_array=masks.astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=hd.UID(),
-        series_number=9100,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="JMID Anomaly",
-        manufacturer_model_name="JMID Anomaly",
-        software_versions=__version__,
-        device_serial_number="0",
         series_description=series_description,
+        **_new_series(9100),
     )
     with atomic_output(path) as tmp:
         seg.save_as(tmp)
@@ -171,7 +163,6 @@ def write_parametric_map(
     import pydicom
     from pydicom.sr.codedict import codes
 
-    from JMIDAnomalyLib import __version__
     from JMIDAnomalyLib.common.atomic import atomic_output
 
     sources = [_source(pydicom.dcmread(f), f) for f in ct_files]
@@ -188,14 +179,7 @@ def write_parametric_map(
     pmap = hd.pm.ParametricMap(
         source_images=sources,
         pixel_array=array,
-        series_instance_uid=hd.UID(),
-        series_number=series_number,
-        sop_instance_uid=hd.UID(),
-        instance_number=1,
-        manufacturer="JMID Anomaly",
-        manufacturer_model_name="JMID Anomaly",
-        software_versions=__version__,
-        device_serial_number="0",
+        **_new_series(series_number),
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
         voi_lut_transformations=[
@@ -232,3 +216,21 @@ def _segment_descriptions(labels: list[str]) -> list:
         )
         for n, label in enumerate(labels, start=1)
     ]
+
+
+def _new_series(series_number: int) -> dict:
+    """The attributes of a new series (and its one instance) written by JMID Anomaly."""
+    import highdicom as hd
+
+    from JMIDAnomalyLib import __version__
+
+    return {
+        "series_instance_uid": hd.UID(),
+        "series_number": series_number,
+        "sop_instance_uid": hd.UID(),
+        "instance_number": 1,
+        "manufacturer": "JMID Anomaly",
+        "manufacturer_model_name": "JMID Anomaly",
+        "software_versions": __version__,
+        "device_serial_number": "0",
+    }
