@@ -54,6 +54,14 @@ def dicom_dir(reference_data) -> Path:
     return reference_data.dicom_dir
 
 
+@pytest.fixture(scope="session")
+def tiny_model(reference_data) -> Path:
+    """A real nnU-Net v2 model folder (tiny_nnunet.py), trained once and cached."""
+    from tiny_nnunet import cached_model
+
+    return cached_model()
+
+
 def _jmid_script() -> list[str]:
     script = Path(sys.executable).with_name("jmid")
     if not script.exists():

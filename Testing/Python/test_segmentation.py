@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,28 +11,8 @@ import SimpleITK as sitk
 import torch
 from JMIDAnomalyLib.apps.cli.main import main
 from JMIDAnomalyLib.common.errors import InputError
-from JMIDAnomalyLib.demo.reference_data import cache_dir
 from JMIDAnomalyLib.segmentation.nnunet import OrganSegmenter, load_checkpoint
-from tiny_nnunet import HOLDOUT_SEED, RECIPE_VERSION, TRAIN_SEEDS, make_case, model_folder
-
-
-@pytest.fixture(scope="session")
-def tiny_model(reference_data) -> Path:
-    """The tiny model folder, trained once by tiny_nnunet.py and cached (a few minutes)."""
-    root = cache_dir() / f"tiny-nnunet-v{RECIPE_VERSION}"
-    if not (root / ".complete").exists():
-        work = root.with_name(root.name + ".building")
-        shutil.rmtree(work, ignore_errors=True)
-        script = Path(__file__).with_name("tiny_nnunet.py")
-        command = [sys.executable, str(script), str(work)]
-        result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ))
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        for scratch in ("raw", "preprocessed"):
-            shutil.rmtree(work / scratch)
-        (work / ".complete").write_text(str(RECIPE_VERSION))
-        shutil.rmtree(root, ignore_errors=True)
-        work.rename(root)
-    return model_folder(root)
+from tiny_nnunet import HOLDOUT_SEED, TRAIN_SEEDS, make_case
 
 
 @pytest.fixture(scope="session")

@@ -145,5 +145,29 @@ def build(root: Path) -> Path:
     return model_folder(root)
 
 
+def cached_model() -> Path:
+    """The tiny model folder, built once (a few minutes, in a child process so nnU-Net's
+    environment variables stay there) into the reference-data cache and reused after."""
+    import shutil
+    import subprocess
+
+    from JMIDAnomalyLib.demo.reference_data import cache_dir
+
+    root = cache_dir() / f"tiny-nnunet-v{RECIPE_VERSION}"
+    if not (root / ".complete").exists():
+        work = root.with_name(root.name + ".building")
+        shutil.rmtree(work, ignore_errors=True)
+        command = [sys.executable, str(Path(__file__).resolve()), str(work)]
+        result = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ))
+        if result.returncode != 0:
+            raise RuntimeError(result.stdout[-3000:] + result.stderr[-3000:])
+        for scratch in ("raw", "preprocessed"):
+            shutil.rmtree(work / scratch)
+        (work / ".complete").write_text(str(RECIPE_VERSION))
+        shutil.rmtree(root, ignore_errors=True)
+        work.rename(root)
+    return model_folder(root)
+
+
 if __name__ == "__main__":
     print(build(Path(sys.argv[1]).resolve()))

@@ -1,9 +1,19 @@
-"""A content-keyed cache of organ crops, written once per (CT, segmentation, parameters).
+"""A content-keyed cache of organ crops, written once per (CT, segmentation, parameters),
+with an index that finds an entry without opening the CT.
 
 Each entry is ``<key>.npz`` (images quantised to uint8 over the HU window, masks bit-packed,
 zlib-compressed: about 1 MB per organ at the published grid) and ``<key>.json`` (crop records
 and statuses), written under temporary names and renamed; the JSON is written last, so an
-interrupted write is simply recomputed next time.
+interrupted write is simply recomputed next time. ``<key>`` is a hash of the voxels and every
+setting (:func:`crop_key`).
+
+The index, ``index/<ab>/<fingerprint>.json``, maps a cheap fingerprint of the input files (path,
+size and modification time of the CT, the segmentation and its label table, plus the organs and
+crop settings: :func:`input_fingerprint`) to the content key, computed once when the entry is
+built. A warm cache is read with a few ``stat`` calls per case and no CT read; changing a file
+(or the settings) changes the fingerprint, so the case is read and hashed again. ``verify``
+rehashes on request. Index files are one per case, each written atomically, so shards building
+one cache in parallel never write the same file and need no merge step.
 """
 
 from __future__ import annotations
@@ -12,15 +22,19 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from JMIDAnomalyLib.common.atomic import atomic_output
+from JMIDAnomalyLib.common.errors import InputError
 from JMIDAnomalyLib.common.organs import ORGANS
 from JMIDAnomalyLib.imaging.crops import CropConfig, OrganCrop, crop_organs
 from JMIDAnomalyLib.imaging.geometry import CropRecord, Grid
+from JMIDAnomalyLib.imaging.label_tables import default_label_table, read_segmentation
+from JMIDAnomalyLib.imaging.volumes import read_ct
 
 #: Bump when crop_organs changes what it produces.
 CROP_VERSION = 2
@@ -45,6 +59,56 @@ def crop_key(
     return digest.hexdigest()
 
 
+def _stamp(path: str | os.PathLike) -> list:
+    """(absolute path, size, mtime in ns) of a file; of each file for a folder (DICOM)."""
+    path = Path(path).absolute()
+    try:
+        info = path.stat()
+        if not path.is_dir():
+            return [str(path), info.st_size, info.st_mtime_ns]
+        with os.scandir(path) as entries:
+            files = sorted(
+                (e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries if e.is_file()
+            )
+    except FileNotFoundError:
+        raise InputError(path, "no such file or folder") from None
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror})") from None
+    return [str(path), files]
+
+
+@dataclass(frozen=True)
+class CropInputs:
+    """The files one case's crops come from: the CT, its segmentation and the label table
+    (empty: the segmentation's own, or the JSON beside it)."""
+
+    ct: str
+    seg: str
+    seg_labels: str = ""
+
+    def stamps(self) -> dict:
+        """:func:`_stamp` of every input file (the label table beside ``seg`` when there is
+        one and none is given)."""
+        if not self.seg:
+            raise InputError(
+                self.ct, "no segmentation for this CT (run jmid segment, or fill the seg column)"
+            )
+        table = self.seg_labels or default_label_table(Path(self.seg))
+        return {
+            "ct": _stamp(self.ct),
+            "seg": _stamp(self.seg),
+            "seg_labels": _stamp(table) if Path(table).exists() or self.seg_labels else None,
+        }
+
+
+def input_fingerprint(stamps: Mapping, organs: tuple[str, ...], config: CropConfig) -> str:
+    """The index key: a hash of the file stamps, the organs, the crop settings and version."""
+    settings = [stamps, list(organs), config.to_dict(), CROP_VERSION]
+    return hashlib.blake2b(
+        json.dumps(settings, sort_keys=True).encode(), digest_size=16
+    ).hexdigest()
+
+
 def _quantise(image: np.ndarray) -> np.ndarray:
     return np.round((image + 1.0) * 127.5).astype(np.uint8)
 
@@ -59,6 +123,73 @@ class CropCache:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+
+    def index_path(self, fingerprint: str) -> Path:
+        """The index file of one fingerprint (two-character subfolders keep folders small)."""
+        return self.root / "index" / fingerprint[:2] / f"{fingerprint}.json"
+
+    def indexed_key(self, fingerprint: str) -> str | None:
+        """The content key the index holds for ``fingerprint`` when its entry is complete."""
+        try:
+            key = json.loads(self.index_path(fingerprint).read_text(encoding="utf-8"))["key"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        npz, meta = self.paths(key)
+        return key if npz.exists() and meta.exists() else None
+
+    def resolve(
+        self, inputs: CropInputs, organs: tuple[str, ...], config: CropConfig
+    ) -> str | None:
+        """The content key of a warm case, from file stamps only (no CT opened); else None."""
+        return self.indexed_key(input_fingerprint(inputs.stamps(), organs, config))
+
+    def case(
+        self,
+        inputs: CropInputs,
+        organ_sets: list[tuple[str, ...]],
+        config: CropConfig | None = None,
+        verify: bool = False,
+    ) -> list[tuple[list[OrganCrop], str]]:
+        """The crops of one case for each organ set, and where each came from.
+
+        The index answers without reading the CT (``"index"``); otherwise, or with ``verify``,
+        the CT and segmentation are read once and hashed: ``"verified"`` (the index was
+        right), ``"stale"`` (it was not: the entry is rebuilt), ``"content"`` (found by content,
+        index written), ``"computed"`` (cropped now).
+        """
+        config = config or CropConfig()
+        stamps = inputs.stamps()
+        results: list[tuple[list[OrganCrop], str] | None] = []
+        fingerprints = [input_fingerprint(stamps, organs, config) for organs in organ_sets]
+        for fingerprint in fingerprints:
+            key = None if verify else self.indexed_key(fingerprint)
+            crops = self.load(key) if key else None
+            results.append((crops, "index") if crops is not None else None)
+        if all(results):
+            return results  # type: ignore[return-value]
+        ct = read_ct(inputs.ct)
+        label_map, names = read_segmentation(inputs.seg, ct, inputs.seg_labels or None)
+        for i, organs in enumerate(organ_sets):
+            if results[i] is None:
+                results[i] = self._by_content(ct, label_map, names, organs, config, fingerprints[i])
+        return results  # type: ignore[return-value]
+
+    def _by_content(self, ct, label_map, names, organs, config, fingerprint):
+        key = crop_key(ct, label_map, names, organs, config)
+        crops = self.load(key)
+        source = "content" if crops is not None else "computed"
+        indexed = self.indexed_key(fingerprint)
+        if indexed == key:
+            source = "verified"
+        elif indexed is not None:
+            source = "stale"  # the files changed under an unchanged stamp: rebuilt
+        if crops is None:
+            crops = crop_organs(ct, label_map, names, organs, config)
+            self.store(key, crops)
+        if source != "verified":
+            with atomic_output(self.index_path(fingerprint)) as tmp:
+                tmp.write_text(json.dumps({"key": key, "organs": list(organs)}), encoding="utf-8")
+        return crops, source
 
     def paths(self, key: str) -> tuple[Path, Path]:
         """The entry's files: ``<key>.npz`` (arrays) and ``<key>.json`` (records)."""

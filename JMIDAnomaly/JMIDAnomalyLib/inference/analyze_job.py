@@ -31,9 +31,12 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from JMIDAnomalyLib.common.atomic import atomic_output, check_replaceable
+from JMIDAnomalyLib.common.batch import BatchSummary, CaseOutcome, attempt, run_batch
 from JMIDAnomalyLib.common.errors import InputError, check_known_keys
 from JMIDAnomalyLib.common.progress import Progress
+from JMIDAnomalyLib.common.sharding import Shard
 from JMIDAnomalyLib.imaging.label_tables import read_segmentation, write_label_names
+from JMIDAnomalyLib.imaging.manifest import ManifestRow
 from JMIDAnomalyLib.imaging.volumes import read_ct, write_image
 from JMIDAnomalyLib.inference.dicom_export import dicom_sources, write_dicom_results
 from JMIDAnomalyLib.inference.methods import OCCLUSION, check_explain_method
@@ -108,15 +111,21 @@ class AnalysisRunner:
         """How many predictors and segmenters are loaded."""
         return len(self._predictors) + len(self._segmenters)
 
+    def predictor(self, bundles: list[str], device: str) -> AnomalyPredictor:
+        """The predictor of these bundles on ``device``, loaded on first use."""
+        key = (tuple(str(Path(b).resolve()) for b in bundles), device)
+        if key not in self._predictors:
+            self._predictors[key] = AnomalyPredictor(bundles, device)
+        return self._predictors[key]
+
     def run(self, config: AnalyzeConfig, progress: Progress | None = None) -> AnalysisRun:
         """Analyze one CT into ``config.out``."""
         start = time.perf_counter()
         key = (tuple(str(Path(b).resolve()) for b in config.bundles), config.device)
         reused = key in self._predictors
-        if not reused:
-            if progress:
-                progress(0.0, "loading the model bundles")
-            self._predictors[key] = AnomalyPredictor(config.bundles, config.device)
+        if not reused and progress:
+            progress(0.0, "loading the model bundles")
+        self.predictor(config.bundles, config.device)
         segmenter = None
         if config.seg_model:
             seg_key = (str(Path(config.seg_model).resolve()), config.device)
@@ -141,6 +150,52 @@ class AnalysisRunner:
             dicom=config.dicom,
         )
         return AnalysisRun(analysis, config.out, time.perf_counter() - start, reused)
+
+
+def analyze_dataset(
+    runner: AnalysisRunner,
+    rows: list[ManifestRow],
+    out: str | os.PathLike,
+    settings: dict,
+    shard: Shard,
+    progress: Progress | None = None,
+) -> BatchSummary:
+    """Analyze this shard's cases into ``<out>/<case_id>/``, the models loaded once.
+
+    Args:
+        runner: keeps the bundles and the segmentation model loaded between cases.
+        rows: the manifest. out: the batch's folder (marked by ``analyze-batch.json``).
+        settings: the :class:`AnalyzeConfig` fields other than ``ct``, ``out``, ``seg`` and
+            ``seg_labels``; a row without ``seg`` is segmented with ``settings["seg_model"]``.
+        shard: this process's share of the rows.
+
+    A case whose folder holds ``scores.json`` is done (the folder is written whole or not at
+    all), so a killed run resumes; a failed case is recorded and the batch goes on.
+    """
+    out = Path(out)
+    check_replaceable(out, "analyze-batch.json")
+    seg_model = settings.get("seg_model", "")
+    AnalyzeConfig(ct="-", out="-", **{**settings, "seg": "-", "seg_model": ""})  # checked
+    runner.predictor(settings["bundles"], settings.get("device", "auto"))  # bad bundles: stop
+    with atomic_output(out / "analyze-batch.json") as tmp:
+        tmp.write_text(json.dumps(settings, indent=1), encoding="utf-8")
+
+    def is_done(row: ManifestRow) -> bool:
+        return (out / row.case_id / "scores.json").is_file()
+
+    def analyze_one(row: ManifestRow) -> CaseOutcome:
+        def work() -> None:
+            if not row.seg and not seg_model:
+                raise InputError(row.ct, "no segmentation in the manifest and no --seg-model")
+            seg = {"seg": row.seg, "seg_labels": row.seg_labels, "seg_model": ""}
+            if not row.seg:
+                seg = {"seg": "", "seg_labels": "", "seg_model": seg_model}
+            job = {**settings, **seg, "ct": row.ct, "out": str(out / row.case_id)}
+            runner.run(AnalyzeConfig(**job))
+
+        return attempt(row.case_id, work)
+
+    return run_batch("analyze", rows, lambda r: r.case_id, is_done, analyze_one, shard, progress)
 
 
 @dataclass

@@ -13,6 +13,9 @@ from pathlib import Path
 from JMIDAnomalyLib.common.errors import InputError, check_known_keys
 from JMIDAnomalyLib.common.organs import ORGANS
 
+#: The configuration's paths (made absolute against the configuration file's folder).
+DATA_PATHS = ("labels_dir", "manifest", "images_dir", "segs_dir", "seg_labels", "out", "crop_cache")
+
 
 @dataclass
 class TrainConfig:
@@ -21,6 +24,9 @@ class TrainConfig:
     Attributes:
         organ: which organ (kidney and adrenal train on left and right crops together).
         labels_dir: output of ``jmid labels`` (``<organ>.csv``).
+        manifest: a dataset manifest (``jmid dataset``; :mod:`~JMIDAnomalyLib.imaging.
+            manifest`) naming each case's CT, segmentation and label table; when given,
+            images_dir, segs_dir and seg_labels are not used.
         images_dir / segs_dir: CTs and organ label maps named ``<case_id>.nii.gz``.
         seg_labels: the label maps' table (any format :func:`~JMIDAnomalyLib.imaging.label_tables.
             read_label_names` reads); empty: each label map's own (its header, or the JSON
@@ -45,6 +51,7 @@ class TrainConfig:
 
     organ: str = "liver"
     labels_dir: str = "labels"
+    manifest: str = ""
     images_dir: str = "images"
     segs_dir: str = "segs"
     seg_labels: str = "labels.json"
@@ -133,7 +140,7 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise InputError(path, "the configuration must be a mapping of keys to values")
         config = cls.from_dict(data, str(path))
-        for key in ("labels_dir", "images_dir", "segs_dir", "seg_labels", "out", "crop_cache"):
+        for key in DATA_PATHS:
             if not getattr(config, key):
                 continue
             value = Path(getattr(config, key))

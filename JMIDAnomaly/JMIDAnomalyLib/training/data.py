@@ -2,7 +2,8 @@
 
 Each sample is one organ crop (one per side for kidney and adrenal) with its multi-hot label
 vector (NaN where the label is unknown) and the report evidence. Crops come from the crop
-cache, so a second job (or a resumed one) reads them without touching the CTs' pixels again.
+cache through its index, so a second job (or a resumed one) finds them without opening a CT.
+The cases are a manifest's rows or the cohort layout's (:func:`dataset_rows`).
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ import torch
 from JMIDAnomalyLib.common.errors import InputError
 from JMIDAnomalyLib.common.organs import ORGAN_CLASSES
 from JMIDAnomalyLib.common.progress import Progress
-from JMIDAnomalyLib.imaging.crop_cache import CropCache
-from JMIDAnomalyLib.imaging.label_tables import read_segmentation
-from JMIDAnomalyLib.imaging.volumes import read_ct
+from JMIDAnomalyLib.imaging.crop_cache import CropCache, CropInputs
+from JMIDAnomalyLib.imaging.manifest import ManifestRow, read_manifest
 from JMIDAnomalyLib.models.inputs import model_batch
 from JMIDAnomalyLib.training.config import TrainConfig
 
@@ -53,12 +53,49 @@ def read_organ_labels(labels_dir: str | Path, organ: str) -> list[dict]:
     return rows
 
 
+def dataset_rows(config: TrainConfig) -> dict[str, ManifestRow]:
+    """The training cases by case id: the manifest's rows, or the cohort layout's (CT and
+    segmentation named ``<case_id>.nii.gz`` in images_dir and segs_dir, label table
+    seg_labels)."""
+    if config.manifest:
+        return {row.case_id: row for row in read_manifest(config.manifest)}
+    images, segs = Path(config.images_dir), Path(config.segs_dir)
+    rows = {}
+    for ct in images.glob("*.nii.gz"):
+        case = ct.name[: -len(".nii.gz")]
+        seg = segs / ct.name
+        if seg.is_file():
+            rows[case] = ManifestRow(case, "", str(ct), str(seg), config.seg_labels)
+    return rows
+
+
+def _case_crops(
+    cache: CropCache, row: ManifestRow | None, organ: str, crop_config
+) -> tuple[list | None, str]:
+    """The organ's crops of one case from the cache (the CT is read only on a miss), or None
+    and why they cannot be had."""
+    if row is None or not row.seg:
+        return None, "CT or segmentation file missing"
+    try:
+        [(crops, _)] = cache.case(
+            CropInputs(row.ct, row.seg, row.seg_labels), [(organ,)], crop_config
+        )
+    except InputError as exc:
+        return None, str(exc)
+    return crops, ""
+
+
 def load_samples(
     config: TrainConfig, progress: Progress | None = None
 ) -> tuple[list[CaseSample], dict]:
-    """All usable samples of ``config.organ``, and a summary of what was left out and why."""
+    """All usable samples of ``config.organ``, and a summary of what was left out and why.
+
+    Crops come from the crop cache through its index: a case cropped before (by an earlier
+    run or ``jmid crop --manifest``) is found from its files' stamps without opening the CT.
+    """
     classes = ORGAN_CLASSES[config.organ]
     rows = read_organ_labels(config.labels_dir, config.organ)
+    cases = dataset_rows(config)
     cache = CropCache(config.cache_dir())
     crop_config = config.crop_config()
     by_case: dict[str, list[dict]] = {}
@@ -69,18 +106,10 @@ def load_samples(
     samples: list[CaseSample] = []
     skipped: list[dict] = []
     for i, (case, case_rows) in enumerate(by_case.items()):
-        image_path = Path(config.images_dir) / f"{case}.nii.gz"
-        seg_path = Path(config.segs_dir) / f"{case}.nii.gz"
-        if not image_path.is_file() or not seg_path.is_file():
-            skipped.append({"case_id": case, "reason": "CT or segmentation file missing"})
+        crops, reason = _case_crops(cache, cases.get(case), config.organ, crop_config)
+        if crops is None:
+            skipped.append({"case_id": case, "reason": reason})
             continue
-        ct = read_ct(image_path)
-        crops, _ = cache.get(
-            ct,
-            *read_segmentation(seg_path, ct, config.seg_labels or None),
-            (config.organ,),
-            crop_config,
-        )
         by_side = {c.side or "": c for c in crops}
         for row in case_rows:
             crop = by_side.get(row["side"])
@@ -91,15 +120,9 @@ def load_samples(
             labels = np.array(
                 [float(row[c]) if row[c] != "" else np.nan for c in classes], np.float32
             )
+            patient = row["patient_id"] or cases[case].group
             samples.append(
-                CaseSample(
-                    case,
-                    row["patient_id"],
-                    row["side"],
-                    labels,
-                    row.get("evidence", ""),
-                    crop.image,
-                )
+                CaseSample(case, patient, row["side"], labels, row.get("evidence", ""), crop.image)
             )
         if progress:
             progress((i + 1) / len(by_case), f"loaded {case}")

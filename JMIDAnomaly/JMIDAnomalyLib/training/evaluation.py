@@ -23,7 +23,7 @@ from JMIDAnomalyLib.common.devices import pick_device
 from JMIDAnomalyLib.common.errors import InputError
 from JMIDAnomalyLib.models.bundle import Bundle, load_bundle
 from JMIDAnomalyLib.models.ensemble import ensemble_probabilities
-from JMIDAnomalyLib.training.config import TrainConfig
+from JMIDAnomalyLib.training.config import DATA_PATHS, TrainConfig
 from JMIDAnomalyLib.training.data import CaseSample, CropDataset, load_samples
 
 COLUMNS = [
@@ -245,8 +245,7 @@ def evaluate_bundle(
 
     ``device``: ``auto`` (CUDA, MPS, CPU) or a torch device name; float16 autocast on CUDA."""
     bundle = load_bundle(bundle_path)
-    paths = ("labels_dir", "images_dir", "segs_dir", "seg_labels", "out", "crop_cache")
-    settings = {k: v for k, v in bundle.meta.get("config", {}).items() if k not in paths}
+    settings = {k: v for k, v in bundle.meta.get("config", {}).items() if k not in DATA_PATHS}
     settings["organ"] = bundle.organ
     config = TrainConfig.for_cohort(data_root, labels_dir, out, crop_cache, **settings)
     samples, _ = load_samples(config)

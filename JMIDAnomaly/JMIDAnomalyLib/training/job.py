@@ -21,6 +21,7 @@ from JMIDAnomalyLib.common.errors import InputError, JMIDError
 from JMIDAnomalyLib.common.organs import ORGAN_CLASSES
 from JMIDAnomalyLib.common.progress import Progress
 from JMIDAnomalyLib.imaging.label_tables import read_label_names
+from JMIDAnomalyLib.imaging.manifest import read_manifest
 from JMIDAnomalyLib.models.bundle import save_bundle
 from JMIDAnomalyLib.models.registry import LAYOUT_25D, model_input
 from JMIDAnomalyLib.training.config import TrainConfig
@@ -106,7 +107,9 @@ def _start_run(config: TrainConfig, out: Path, resume: bool) -> None:
     """Check the inputs and the output folder, then write ``config.json`` (nothing is written
     before the inputs are known to be there)."""
     read_organ_labels(config.labels_dir, config.organ)
-    if config.seg_labels:
+    if config.manifest:
+        read_manifest(config.manifest)
+    elif config.seg_labels:
         read_label_names(config.seg_labels)
     saved = out / "config.json"
     if saved.exists() and resume:

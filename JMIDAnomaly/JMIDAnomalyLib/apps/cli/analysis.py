@@ -5,24 +5,35 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from JMIDAnomalyLib.apps.cli.options import Command, add_model_options, organ_list
+from JMIDAnomalyLib.apps.cli.options import (
+    Command,
+    add_batch_options,
+    add_model_options,
+    organ_list,
+)
 
 
 def _add_analyze(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ct", required=True, type=Path, help="CT volume file or DICOM folder")
-    seg = parser.add_mutually_exclusive_group(required=True)
+    add_batch_options(parser)
+    seg = parser.add_mutually_exclusive_group()
     seg.add_argument(
         "--seg",
         type=Path,
         help="organ segmentation: a label map on the CT's grid, a .seg.nrrd or a DICOM SEG",
     )
-    seg.add_argument("--seg-model", type=Path, help="nnU-Net v2 model folder to segment with")
+    seg.add_argument(
+        "--seg-model",
+        type=Path,
+        help="nnU-Net v2 model folder to segment with (with --manifest: the cases without seg)",
+    )
     parser.add_argument(
         "--seg-labels",
         type=Path,
         help="label table of --seg when the file carries none (default: SEG's name with .json)",
     )
-    parser.add_argument("--out", required=True, type=Path, help="results folder")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="results folder (--manifest: one per case in it)"
+    )
     add_model_options(parser)
     parser.add_argument("--no-scene", action="store_true", help="skip the Slicer scene")
     parser.add_argument(
@@ -33,21 +44,31 @@ def _add_analyze(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_analyze(args: argparse.Namespace) -> int:
+    from JMIDAnomalyLib.common.errors import InputError
     from JMIDAnomalyLib.common.progress import console_progress
     from JMIDAnomalyLib.inference.analyze_job import AnalysisRunner, AnalyzeConfig
 
+    settings = {
+        "bundles": [str(b) for b in args.bundle],
+        "seg_model": str(args.seg_model or ""),
+        "explain": args.explain,
+        "organs": organ_list(args.organs),
+        "device": args.device,
+        "scene": not args.no_scene,
+        "dicom": args.dicom_out,
+    }
+    if args.manifest:
+        from JMIDAnomalyLib.apps.cli.datasets import analyze_manifest
+
+        if args.seg:
+            raise InputError("--seg", "with --manifest the segmentations are the seg column")
+        return analyze_manifest(args, settings)
     config = AnalyzeConfig(
         ct=str(args.ct),
         out=str(args.out),
-        bundles=[str(b) for b in args.bundle],
         seg=str(args.seg or ""),
         seg_labels=str(args.seg_labels or ""),
-        seg_model=str(args.seg_model or ""),
-        explain=args.explain,
-        organs=organ_list(args.organs),
-        device=args.device,
-        scene=not args.no_scene,
-        dicom=args.dicom_out,
+        **settings,
     )
     analysis = AnalysisRunner().run(config, console_progress("analyze")).analysis
     for organ in analysis.organs:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from JMIDAnomalyLib.apps.cli.options import Command
+from JMIDAnomalyLib.apps.cli.options import Command, add_batch_options
 from JMIDAnomalyLib.common.organs import ORGANS
 
 
@@ -67,12 +67,16 @@ def _run_scene(args: argparse.Namespace) -> int:
 
 
 def _add_segment(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ct", required=True, type=Path, help="CT volume file or DICOM folder")
+    add_batch_options(parser)
     parser.add_argument(
         "--model", required=True, type=Path, help="nnU-Net v2 model (trainer output) folder"
     )
     parser.add_argument(
-        "--out", required=True, type=Path, help="output label map (.nii.gz, .nrrd, .mha)"
+        "--out",
+        required=True,
+        type=Path,
+        help="output label map (.nii.gz, .nrrd, .mha); with --manifest a folder of "
+        "<case_id>.nii.gz and <case_id>.json",
     )
     parser.add_argument("--folds", help="comma-separated folds (default: all in the folder)")
     parser.add_argument("--checkpoint", default="checkpoint_final.pth")
@@ -94,6 +98,10 @@ def _add_segment(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_segment(args: argparse.Namespace) -> int:
+    if args.manifest:
+        from JMIDAnomalyLib.apps.cli.datasets import segment_manifest
+
+        return segment_manifest(args)
     from JMIDAnomalyLib.common.progress import console_progress
     from JMIDAnomalyLib.imaging.label_tables import default_label_table, write_label_names
     from JMIDAnomalyLib.imaging.volumes import read_ct, write_image
@@ -118,8 +126,8 @@ def _run_segment(args: argparse.Namespace) -> int:
 
 
 def _add_crop(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ct", required=True, type=Path, help="CT volume file or DICOM folder")
-    parser.add_argument("--seg", required=True, type=Path, help="organ label map on the CT's grid")
+    add_batch_options(parser)
+    parser.add_argument("--seg", type=Path, help="organ label map on the CT's grid (with --ct)")
     parser.add_argument(
         "--labels",
         type=Path,
@@ -141,7 +149,18 @@ def _add_crop(parser: argparse.ArgumentParser) -> None:
         help="mask dilation / box margin (default 3 mm; negative: mask erosion)",
     )
     parser.add_argument("--fill-hu", type=float, help="HU outside the mask (default: air)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument("--out", type=Path, help="output folder (with --ct)")
+    parser.add_argument(
+        "--cache", type=Path, help="with --manifest: the crop cache folder to fill (jmid train's)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="with --manifest: worker processes (default 1)"
+    )
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="with --manifest: rehash every case, rebuilding entries whose files changed",
+    )
 
 
 def _run_crop(args: argparse.Namespace) -> int:
@@ -157,6 +176,14 @@ def _run_crop(args: argparse.Namespace) -> int:
         if v is not None
     }
     config = replace(config, **overrides)
+    if args.manifest:
+        from JMIDAnomalyLib.apps.cli.datasets import crop_manifest
+
+        return crop_manifest(args, config)
+    if not args.seg or not args.out:
+        from JMIDAnomalyLib.common.errors import InputError
+
+        raise InputError("--ct", "jmid crop --ct needs --seg and --out")
     organs = tuple(o.strip() for o in args.organs.split(",") if o.strip())
     crops = crop_case(args.ct, args.seg, args.out, organs, config, args.labels)
     for crop in crops:

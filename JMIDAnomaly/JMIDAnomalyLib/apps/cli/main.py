@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from JMIDAnomalyLib import __version__
-from JMIDAnomalyLib.apps.cli import analysis, demo, images, labels, training
+from JMIDAnomalyLib.apps.cli import analysis, datasets, demo, images, labels, training
 from JMIDAnomalyLib.apps.cli.options import Command
 from JMIDAnomalyLib.common.errors import JMIDError
 
@@ -21,6 +21,7 @@ logger = logging.getLogger("jmid")
 
 COMMANDS: dict[str, Command] = {
     **demo.COMMANDS,
+    **datasets.COMMANDS,
     **images.COMMANDS,
     **training.COMMANDS,
     **analysis.COMMANDS,

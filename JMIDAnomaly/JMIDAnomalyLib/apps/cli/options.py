@@ -34,3 +34,29 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 def organ_list(text: str | None) -> list[str]:
     """``"liver, spleen"`` -> ``["liver", "spleen"]``; None or empty -> ``[]``."""
     return [o.strip() for o in text.split(",") if o.strip()] if text else []
+
+
+def add_batch_options(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
+    """--ct or --manifest (one required), and --shard: what every dataset command takes.
+
+    Returns the --ct/--manifest group (for commands that add more single-case inputs)."""
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--ct", type=Path, help="CT volume file or DICOM folder")
+    what.add_argument(
+        "--manifest", type=Path, help="dataset manifest CSV (jmid dataset): every case of it"
+    )
+    parser.add_argument(
+        "--shard",
+        help="with --manifest: do shard K/N, every N-th case from the K-th (default: from "
+        "SLURM_ARRAY_TASK_ID/COUNT or torchrun's RANK/WORLD_SIZE, else all)",
+    )
+    return what
+
+
+def finish_batch(summary, folder: Path) -> int:
+    """Write a batch summary into ``folder``, print its counts and failures; the exit status."""
+    path = summary.write(folder)
+    print(f"{summary.describe()} ({summary.shard.source}); summary {path}")
+    for failure in summary.failures:
+        print(f"  failed {failure.case_id}: {failure.reason}")
+    return summary.exit_status

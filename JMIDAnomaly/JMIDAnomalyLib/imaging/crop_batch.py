@@ -1,0 +1,101 @@
+"""``jmid crop --manifest``: fill the crop cache for a whole dataset, in worker processes.
+
+Each case is read once and cropped for every organ, one cache entry per organ (the entries
+training reads), and indexed by its file fingerprint (:mod:`~JMIDAnomalyLib.imaging.crop_cache`).
+Cases already indexed are skipped without opening their CT; the work is split into shards
+(:mod:`~JMIDAnomalyLib.common.sharding`) and, within a shard, between ``workers`` processes.
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from JMIDAnomalyLib.common.batch import BatchSummary, CaseOutcome, attempt, run_batch
+from JMIDAnomalyLib.common.errors import JMIDError
+from JMIDAnomalyLib.common.progress import Progress
+from JMIDAnomalyLib.common.sharding import Shard
+from JMIDAnomalyLib.imaging.crop_cache import CropCache, CropInputs
+from JMIDAnomalyLib.imaging.crops import CropConfig
+from JMIDAnomalyLib.imaging.manifest import ManifestRow
+
+
+def inputs_of(row: ManifestRow) -> CropInputs:
+    """The crop inputs of a manifest row."""
+    return CropInputs(row.ct, row.seg, row.seg_labels)
+
+
+def _crop_case(
+    root: str, organs: tuple[str, ...], config: dict, verify: bool, row: ManifestRow
+) -> CaseOutcome:
+    cache = CropCache(root)
+    organ_sets = [(organ,) for organ in organs]
+
+    def work() -> str:
+        results = cache.case(inputs_of(row), organ_sets, CropConfig.from_dict(config), verify)
+        sources = sorted({source for _, source in results})
+        return ",".join(sources)
+
+    return attempt(row.case_id, work)
+
+
+def _is_cached(cache: CropCache, organs, config: CropConfig, row: ManifestRow) -> bool:
+    try:
+        return all(cache.resolve(inputs_of(row), (o,), config) for o in organs)
+    except JMIDError:
+        return False  # missing files: the case is attempted, and fails with the reason
+
+
+def _init_worker(threads: int) -> None:
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+
+
+def build_crop_cache(
+    rows: list[ManifestRow],
+    cache_dir: str | os.PathLike,
+    organs: tuple[str, ...],
+    config: CropConfig,
+    shard: Shard,
+    workers: int = 1,
+    verify: bool = False,
+    progress: Progress | None = None,
+) -> BatchSummary:
+    """Crop this shard's cases into the cache at ``cache_dir``.
+
+    Args:
+        rows: the manifest. organs: the organs to crop (one entry each).
+        config: crop settings. shard: this process's share of ``rows``.
+        workers: processes (1: in this process). Each worker gets an equal share of the CPU
+            for ITK's threads.
+        verify: rehash every case, rebuilding entries whose files changed under an unchanged
+            stamp (nothing is skipped).
+
+    Returns:
+        The batch summary (written by the caller).
+    """
+    cache = CropCache(cache_dir)
+    root = str(Path(cache_dir).resolve())
+    work = functools.partial(_crop_case, root, tuple(organs), config.to_dict(), verify)
+
+    def is_done(row: ManifestRow) -> bool:
+        return not verify and _is_cached(cache, organs, config, row)
+
+    if workers <= 1:
+        return run_batch("crop", rows, _case_id, is_done, work, shard, progress)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker,
+        initargs=(threads,),
+    ) as pool:
+        return run_batch("crop", rows, _case_id, is_done, work, shard, progress, pool)
+
+
+def _case_id(row: ManifestRow) -> str:
+    return row.case_id
