@@ -12,7 +12,7 @@
    the page cache: a best case for it. Target >= 50x at N = 200.
 
 Usage: .venv/bin/python Testing/benchmarks/bench_preprocess.py [--json] [--cases 10]
-       [--crop-cases 6] [--index-cases 200] [--skip segmentation,crops,index]
+       [--crop-cases 8] [--index-cases 200] [--skip segmentation,crops,index]
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print the figures as JSON last")
     parser.add_argument("--cases", type=int, default=10, help="CTs to segment")
-    parser.add_argument("--crop-cases", type=int, default=6, help="real-size CTs to crop")
+    parser.add_argument("--crop-cases", type=int, default=8, help="real-size CTs to crop")
     parser.add_argument("--index-cases", type=int, default=200, help="warm entries to resolve")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip")
     args = parser.parse_args()

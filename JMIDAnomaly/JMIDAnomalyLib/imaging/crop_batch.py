@@ -35,7 +35,8 @@ def _crop_case(
     organ_sets = [(organ,) for organ in organs]
 
     def work() -> str:
-        results = cache.case(inputs_of(row), organ_sets, CropConfig.from_dict(config), verify)
+        settings = CropConfig.from_dict(config)
+        results = cache.case(inputs_of(row), organ_sets, settings, verify, arrays=False)
         sources = sorted({source for _, source in results})
         return ",".join(sources)
 

@@ -40,6 +40,24 @@ from JMIDAnomalyLib.imaging.volumes import read_ct
 CROP_VERSION = 2
 
 
+def voxel_digest(ct: sitk.Image, label_map: sitk.Image, names: Mapping[int, str]) -> str:
+    """Hash of a case's inputs: both images' grids and voxels and the label table."""
+    digest = hashlib.blake2b(digest_size=16)
+    for image in (ct, label_map):
+        digest.update(json.dumps(Grid.from_image(image).to_dict(), sort_keys=True).encode())
+        digest.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)).data)
+    digest.update(json.dumps(sorted((int(k), v) for k, v in names.items())).encode())
+    return digest.hexdigest()
+
+
+def settings_key(voxels: str, organs: tuple[str, ...], config: CropConfig) -> str:
+    """The entry key of a :func:`voxel_digest` with the organs and crop settings."""
+    settings = [voxels, list(organs), config.to_dict(), CROP_VERSION]
+    return hashlib.blake2b(
+        json.dumps(settings, sort_keys=True).encode(), digest_size=16
+    ).hexdigest()
+
+
 def crop_key(
     ct: sitk.Image,
     label_map: sitk.Image,
@@ -48,15 +66,7 @@ def crop_key(
     config: CropConfig,
 ) -> str:
     """Content hash of everything a crop depends on."""
-    digest = hashlib.blake2b(digest_size=16)
-    for image in (ct, label_map):
-        digest.update(json.dumps(Grid.from_image(image).to_dict(), sort_keys=True).encode())
-        digest.update(np.ascontiguousarray(sitk.GetArrayViewFromImage(image)).data)
-    digest.update(json.dumps(sorted((int(k), v) for k, v in names.items())).encode())
-    digest.update(
-        json.dumps([list(organs), config.to_dict(), CROP_VERSION], sort_keys=True).encode()
-    )
-    return digest.hexdigest()
+    return settings_key(voxel_digest(ct, label_map, names), organs, config)
 
 
 def _stamp(path: str | os.PathLike) -> list:
@@ -134,8 +144,7 @@ class CropCache:
             key = json.loads(self.index_path(fingerprint).read_text(encoding="utf-8"))["key"]
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        npz, meta = self.paths(key)
-        return key if npz.exists() and meta.exists() else None
+        return key if self.has(key) else None
 
     def resolve(
         self, inputs: CropInputs, organs: tuple[str, ...], config: CropConfig
@@ -149,8 +158,10 @@ class CropCache:
         organ_sets: list[tuple[str, ...]],
         config: CropConfig | None = None,
         verify: bool = False,
-    ) -> list[tuple[list[OrganCrop], str]]:
-        """The crops of one case for each organ set, and where each came from.
+        arrays: bool = True,
+    ) -> list[tuple[list[OrganCrop] | None, str]]:
+        """The crops of one case for each organ set (as read back from the cache, or None
+        without ``arrays``), and where each came from.
 
         The index answers without reading the CT (``"index"``); otherwise, or with ``verify``,
         the CT and segmentation are read once and hashed: ``"verified"`` (the index was
@@ -163,33 +174,44 @@ class CropCache:
         fingerprints = [input_fingerprint(stamps, organs, config) for organs in organ_sets]
         for fingerprint in fingerprints:
             key = None if verify else self.indexed_key(fingerprint)
-            crops = self.load(key) if key else None
-            results.append((crops, "index") if crops is not None else None)
+            crops = self.load(key) if key and arrays else None
+            results.append((crops, "index") if key and (crops or not arrays) else None)
         if all(results):
             return results  # type: ignore[return-value]
         ct = read_ct(inputs.ct)
         label_map, names = read_segmentation(inputs.seg, ct, inputs.seg_labels or None)
+        voxels = voxel_digest(ct, label_map, names)  # hashed once for every organ set
+        keys = [settings_key(voxels, organs, config) for organs in organ_sets]
+        missing = [i for i, key in enumerate(keys) if results[i] is None and not self.has(key)]
+        wanted = tuple(dict.fromkeys(o for i in missing for o in organ_sets[i]))
+        # One crop_organs call for every organ still missing (one pass over the label map).
+        cropped = crop_organs(ct, label_map, names, wanted, config) if wanted else []
         for i, organs in enumerate(organ_sets):
-            if results[i] is None:
-                results[i] = self._by_content(ct, label_map, names, organs, config, fingerprints[i])
+            if results[i] is not None:
+                continue
+            crops = [c for organ in organs for c in cropped if c.organ == organ]
+            if i in missing:
+                self.store(keys[i], crops)
+            results[i] = self._index_entry(keys[i], fingerprints[i], i in missing, arrays)
         return results  # type: ignore[return-value]
 
-    def _by_content(self, ct, label_map, names, organs, config, fingerprint):
-        key = crop_key(ct, label_map, names, organs, config)
-        crops = self.load(key)
-        source = "content" if crops is not None else "computed"
+    def _index_entry(self, key: str, fingerprint: str, computed: bool, arrays: bool):
+        """Index ``fingerprint`` to ``key`` (whose entry exists); the crops and their source."""
+        crops = self.load(key) if arrays else None
+        source = "computed" if computed else "content"
         indexed = self.indexed_key(fingerprint)
         if indexed == key:
             source = "verified"
         elif indexed is not None:
             source = "stale"  # the files changed under an unchanged stamp: rebuilt
-        if crops is None:
-            crops = crop_organs(ct, label_map, names, organs, config)
-            self.store(key, crops)
         if source != "verified":
             with atomic_output(self.index_path(fingerprint)) as tmp:
-                tmp.write_text(json.dumps({"key": key, "organs": list(organs)}), encoding="utf-8")
+                tmp.write_text(json.dumps({"key": key}), encoding="utf-8")
         return crops, source
+
+    def has(self, key: str) -> bool:
+        """Whether the entry ``key`` is complete."""
+        return all(p.exists() for p in self.paths(key))
 
     def paths(self, key: str) -> tuple[Path, Path]:
         """The entry's files: ``<key>.npz`` (arrays) and ``<key>.json`` (records)."""
