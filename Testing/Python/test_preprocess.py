@@ -263,7 +263,7 @@ def test_three_shards_fill_one_cache_that_training_reads_without_opening_a_ct(
     manifest = write_manifest(rows, tmp_path / "manifest.csv")
     cache_dir = tmp_path / "cache"
     crop = _jmid("crop", "--manifest", str(manifest), "--cache", str(cache_dir))
-    crop += ["--organs", "liver", "--preset", "demo"]
+    crop += ["--organs", "liver", "--preset", "demo", "--workers", "1"]
     shards = [
         subprocess.Popen([*crop, "--shard", f"{k}/3"], stdout=subprocess.PIPE, text=True)
         for k in range(3)

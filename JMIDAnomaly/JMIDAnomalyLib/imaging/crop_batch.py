@@ -3,7 +3,8 @@
 Each case is read once and cropped for every organ, one cache entry per organ (the entries
 training reads), and indexed by its file fingerprint (:mod:`~JMIDAnomalyLib.imaging.crop_cache`).
 Cases already indexed are skipped without opening their CT; the work is split into shards
-(:mod:`~JMIDAnomalyLib.common.sharding`) and, within a shard, between ``workers`` processes.
+(:mod:`~JMIDAnomalyLib.common.sharding`) and, within a shard, between ``workers`` processes of
+one core each (as nnU-Net's ``-np``): ``--workers`` is the number of cores the job uses.
 """
 
 from __future__ import annotations
@@ -50,10 +51,17 @@ def _is_cached(cache: CropCache, organs, config: CropConfig, row: ManifestRow) -
         return False  # missing files: the case is attempted, and fails with the reason
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker() -> None:
     import SimpleITK as sitk
 
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def available_cores() -> int:
+    """The cores this process may use (its CPU affinity), the default number of workers."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def build_crop_cache(
@@ -71,8 +79,8 @@ def build_crop_cache(
     Args:
         rows: the manifest. organs: the organs to crop (one entry each).
         config: crop settings. shard: this process's share of ``rows``.
-        workers: processes (1: in this process). Each worker gets an equal share of the CPU
-            for ITK's threads.
+        workers: processes, each using one core (ITK single-threaded); 1 runs in this
+            process.
         verify: rehash every case, rebuilding entries whose files changed under an unchanged
             stamp (nothing is skipped).
 
@@ -87,14 +95,16 @@ def build_crop_cache(
         return not verify and _is_cached(cache, organs, config, row)
 
     if workers <= 1:
-        return run_batch("crop", rows, _case_id, is_done, work, shard, progress)
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(
-        workers,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(threads,),
-    ) as pool:
+        import SimpleITK as sitk
+
+        threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+        try:
+            return run_batch("crop", rows, _case_id, is_done, work, shard, progress)
+        finally:
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    context = multiprocessing.get_context("spawn")  # no fork of a process with ITK threads
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker) as pool:
         return run_batch("crop", rows, _case_id, is_done, work, shard, progress, pool)
 
 

@@ -90,7 +90,7 @@ def crop_manifest(args: argparse.Namespace, config) -> int:
     """``jmid crop --manifest M --cache DIR``."""
     from JMIDAnomalyLib.common.progress import console_progress
     from JMIDAnomalyLib.common.sharding import resolve_shard
-    from JMIDAnomalyLib.imaging.crop_batch import build_crop_cache
+    from JMIDAnomalyLib.imaging.crop_batch import available_cores, build_crop_cache
     from JMIDAnomalyLib.imaging.manifest import read_manifest
 
     if not args.cache:
@@ -99,8 +99,9 @@ def crop_manifest(args: argparse.Namespace, config) -> int:
         raise InputError("--cache", "jmid crop --manifest fills a crop cache: give --cache DIR")
     rows, shard = read_manifest(args.manifest), resolve_shard(args.shard)
     organs = tuple(o.strip() for o in args.organs.split(",") if o.strip())
+    workers = args.workers or available_cores()
     summary = build_crop_cache(
-        rows, args.cache, organs, config, shard, args.workers, args.verify, console_progress("crop")
+        rows, args.cache, organs, config, shard, workers, args.verify, console_progress("crop")
     )
     return finish_batch(summary, args.cache)
 

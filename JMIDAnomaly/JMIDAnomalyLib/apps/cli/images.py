@@ -154,7 +154,9 @@ def _add_crop(parser: argparse.ArgumentParser) -> None:
         "--cache", type=Path, help="with --manifest: the crop cache folder to fill (jmid train's)"
     )
     parser.add_argument(
-        "--workers", type=int, default=1, help="with --manifest: worker processes (default 1)"
+        "--workers",
+        type=int,
+        help="with --manifest: worker processes of one core each (default: the cores available)",
     )
     parser.add_argument(
         "--verify",
