@@ -14,6 +14,7 @@ import pytest
 import torch
 from JMIDAnomalyLib.common.errors import InputError
 from JMIDAnomalyLib.demo.cohort import build_cohort
+from JMIDAnomalyLib.imaging.manifest import scan_dataset, write_manifest
 from JMIDAnomalyLib.labels.labeling import label_reports
 from JMIDAnomalyLib.models.bundle import load_bundle
 from JMIDAnomalyLib.training.config import TrainConfig
@@ -111,6 +112,53 @@ def test_ddp_with_two_gloo_processes_gives_a_bundle(data, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     bundle = load_bundle(tmp_path / "ddp" / "bundle")
     assert len(bundle.models) == 3 and histories(tmp_path / "ddp") == [[1, 2]] * 3
+
+
+def test_manifest_dataset_trains_the_same_with_0_and_2_workers(data, tmp_path):
+    rows, _ = scan_dataset(data / "cohort", "cohort")
+    manifest = write_manifest(rows, tmp_path / "manifest.csv")
+    oof = {}
+    for workers in (0, 2):
+        out = tmp_path / f"workers{workers}"
+        settings = dict(organ="liver", folds=3, epochs=2, batch_size=4, num_workers=workers)
+        cfg = TrainConfig(
+            labels_dir=str(data / "labels"),
+            manifest=str(manifest),
+            out=str(out),
+            crop_cache=str(data / "crop_cache"),
+            balanced_sampling=True,  # seeded weighted draws, the same on every worker count
+            **settings,
+        )
+        train(cfg)
+        oof[workers] = (out / "oof_predictions.csv").read_text(encoding="utf-8")
+        history = json.loads((out / "fold_0" / "done.json").read_text())["history"]
+        assert all(h["samples_per_s"] > 0 and h["data_wait_s"] >= 0 for h in history)
+    assert oof[0] == oof[2]
+
+
+def test_the_published_preset_is_the_reference_recipe():
+    cfg = TrainConfig.from_dict({"preset": "published", "epochs": 2})
+    assert (cfg.model, cfg.lr, cfg.folds, cfg.epochs, cfg.sample_loss) == (
+        "mil_efficientnetv2_s",
+        2.3e-4,
+        5,
+        2,
+        True,
+    )
+    crop = cfg.crop_config()
+    assert crop.grid_zyx == (64, 256, 256) and (crop.samples, crop.slices_per_sample) == (32, 5)
+    assert TrainConfig.from_dict({"preset": "published_384"}).crop_config().grid_zyx == (
+        64,
+        384,
+        384,
+    )
+    from JMIDAnomalyLib.models.registry import create_model
+
+    model = create_model(cfg.model, num_classes=9, in_chans=crop.slices_per_sample)
+    assert model.encoder.default_cfg["architecture"] == "tf_efficientnetv2_s"
+    assert model(torch.zeros(1, 4, 5, 64, 64)).shape == (1, 9)
+    with pytest.raises(InputError, match="unknown preset"):
+        TrainConfig.from_dict({"preset": "mine"})
 
 
 class Smuggled:

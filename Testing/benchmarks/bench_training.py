@@ -122,7 +122,7 @@ def main() -> int:
             count = int(y.sum())
             print(f"  liver {cls:14s} positives {count:3d}  OOF AUC {auc:.3f} (target >= 0.85)")
     trainer = FoldTrainer(config, 0, samples, samples[:8])
-    loader = trainer._loader(trainer.train_set, True)
+    loader = trainer._train_loader()
     t = time.perf_counter()
     for _ in loader:
         pass

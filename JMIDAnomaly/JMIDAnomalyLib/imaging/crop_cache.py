@@ -119,6 +119,22 @@ def input_fingerprint(stamps: Mapping, organs: tuple[str, ...], config: CropConf
     ).hexdigest()
 
 
+@dataclass(frozen=True)
+class CropRef:
+    """Where one crop's image lies in the cache: a member of its entry's ``.npz``, deflated on
+    its own, so reading it decompresses nothing else (4 MB at the published grid as uint8; about
+    1 MB on disk). Training datasets hold these, not the pixels."""
+
+    npz: str
+    member: str
+    shape_zyx: tuple[int, int, int]
+
+    def read(self) -> np.ndarray:
+        """The (Z, Y, X) float32 image in -1..1."""
+        with np.load(self.npz) as data:
+            return _dequantise(data[self.member])
+
+
 def _quantise(image: np.ndarray) -> np.ndarray:
     return np.round((image + 1.0) * 127.5).astype(np.uint8)
 
@@ -251,21 +267,47 @@ class CropCache:
 
     def load(self, key: str) -> list[OrganCrop] | None:
         """The crops stored under ``key``, or None when the entry is missing or incomplete."""
+        entries = self.refs(key)
+        if entries is None:
+            return None
+        with np.load(self.paths(key)[0]) as data:
+            for crop, ref in entries:
+                if ref is not None:
+                    shape = ref.shape_zyx
+                    crop.image = _dequantise(data[ref.member])
+                    bits = np.unpackbits(data[f"mask_{crop.key}"])[: int(np.prod(shape))]
+                    crop.mask = bits.reshape(shape).astype(np.uint8)
+        return [crop for crop, _ in entries]
+
+    def refs(self, key: str) -> list[tuple[OrganCrop, CropRef | None]] | None:
+        """The crops under ``key`` without their arrays (records and statuses, from the JSON
+        only), each with where its image lies; None when the entry is missing or incomplete."""
         npz, meta = self.paths(key)
         if not meta.exists() or not npz.exists():
             return None
-        summaries = json.loads(meta.read_text(encoding="utf-8"))
-        crops = []
-        with np.load(npz) as data:
-            for s in summaries:
-                crop = OrganCrop(
-                    s["organ"], s["side"], s["status"], s["volume_ml"], message=s["message"]
-                )
-                if "record" in s:
-                    crop.record = CropRecord.from_dict(s["record"])
-                    shape = crop.record.crop.shape_zyx
-                    crop.image = _dequantise(data[f"image_{crop.key}"])
-                    bits = np.unpackbits(data[f"mask_{crop.key}"])[: int(np.prod(shape))]
-                    crop.mask = bits.reshape(shape).astype(np.uint8)
-                crops.append(crop)
-        return crops
+        out = []
+        for s in json.loads(meta.read_text(encoding="utf-8")):
+            crop = OrganCrop(
+                s["organ"], s["side"], s["status"], s["volume_ml"], message=s["message"]
+            )
+            ref = None
+            if "record" in s:
+                crop.record = CropRecord.from_dict(s["record"])
+                ref = CropRef(str(npz), f"image_{crop.key}", tuple(crop.record.crop.shape_zyx))
+            out.append((crop, ref))
+        return out
+
+    def case_refs(
+        self, inputs: CropInputs, organs: tuple[str, ...], config: CropConfig
+    ) -> list[tuple[OrganCrop, CropRef | None]]:
+        """:meth:`refs` of one case's entry: from the index when warm (no CT opened, no array
+        read), else built first (:meth:`case`)."""
+        fingerprint = input_fingerprint(inputs.stamps(), organs, config)
+        key = self.indexed_key(fingerprint)
+        if key is None:
+            self.case(inputs, [organs], config, arrays=False)
+            key = self.indexed_key(fingerprint)
+        entries = self.refs(key) if key else None
+        if entries is None:
+            raise InputError(self.root, f"the cache entry of {inputs.ct} vanished while read")
+        return entries

@@ -13,6 +13,29 @@ from pathlib import Path
 from JMIDAnomalyLib.common.errors import InputError, check_known_keys
 from JMIDAnomalyLib.common.organs import ORGANS
 
+#: Named recipes: the fields a configuration's ``preset`` sets (the file's own keys win).
+#: ``published`` is the reference design: tf_efficientnetv2_s (in_chans 5) with a 2-layer
+#: BiLSTM of 256, 64x256x256 crops in 32 samples of 5 slices, the per-sample BCE objective,
+#: AdamW 2.3e-4 with cosine decay, AMP, 5 folds grouped by patient; ``published_384`` the same
+#: on 64x384x384 crops.
+TRAIN_PRESETS: dict[str, dict] = {
+    "published": {
+        "model": "mil_efficientnetv2_s",
+        "crop_preset": "published",
+        "sample_loss": True,
+        "lr": 2.3e-4,
+        "weight_decay": 1e-2,
+        "amp": True,
+        "folds": 5,
+        "epochs": 30,
+        "batch_size": 8,
+    },
+}
+TRAIN_PRESETS["published_384"] = {
+    **TRAIN_PRESETS["published"],
+    "crop": {"grid_zyx": [64, 384, 384]},
+}
+
 #: The configuration's paths (made absolute against the configuration file's folder).
 DATA_PATHS = ("labels_dir", "manifest", "images_dir", "segs_dir", "seg_labels", "out", "crop_cache")
 
@@ -44,7 +67,13 @@ class TrainConfig:
             the multiple-instance objective, under which a finding seen in one sample can decide
             the case (with repeated labels, the samples of a positive case that do not show the
             finding are trained towards "positive" too, and small focal findings are not learnt).
-        amp: mixed precision on CUDA. seed: everything is seeded from it.
+        amp: mixed precision on CUDA. seed: everything is seeded from it (augmentation per
+            epoch and item, so any ``num_workers`` gives the same run).
+        num_workers: DataLoader worker processes that read, dequantise and augment the crops;
+            -1 (default): the cores available, at most 8; 0: in the training process.
+        preset: a named recipe from :data:`TRAIN_PRESETS` (``published``, ``published_384``)
+            whose fields apply where a configuration file (:meth:`from_dict`, :meth:`load`)
+            does not set them; the saved ``config.json`` holds the resolved values.
         exclude_cases: case ids left out of training (a held-out test set).
         tensorboard / mlflow: logging (MLflow only when installed).
     """
@@ -75,10 +104,11 @@ class TrainConfig:
     amp: bool = True
     seed: int = 0
     device: str = "auto"
-    num_workers: int = 0
+    num_workers: int = -1
     tensorboard: bool = True
     mlflow: bool = False
     exclude_cases: list = field(default_factory=list)
+    preset: str = ""
 
     def __post_init__(self) -> None:
         if self.organ not in ORGANS:
@@ -96,7 +126,12 @@ class TrainConfig:
     def from_dict(cls, data: dict, source: str = "config") -> TrainConfig:
         """A configuration from a mapping; unknown keys are an InputError naming ``source``."""
         check_known_keys(data, cls, source)
-        return cls(**data)
+        preset = data.get("preset") or ""
+        if preset and preset not in TRAIN_PRESETS:
+            raise InputError(
+                source, f"unknown preset '{preset}' (known: {', '.join(TRAIN_PRESETS)})"
+            )
+        return cls(**{**TRAIN_PRESETS.get(preset, {}), **data})
 
     @classmethod
     def for_cohort(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import torch
 from JMIDAnomalyLib.common.errors import InputError
 from JMIDAnomalyLib.common.organs import ORGAN_CLASSES
 from JMIDAnomalyLib.common.progress import Progress
-from JMIDAnomalyLib.imaging.crop_cache import CropCache, CropInputs
+from JMIDAnomalyLib.imaging.crop_cache import CropCache, CropInputs, CropRef
 from JMIDAnomalyLib.imaging.manifest import ManifestRow, read_manifest
 from JMIDAnomalyLib.models.inputs import model_batch
 from JMIDAnomalyLib.training.config import TrainConfig
@@ -29,14 +30,21 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class CaseSample:
-    """One organ crop with its labels: (K,) float32 1/0/NaN (unknown), evidence, (Z, Y, X) image."""
+    """One organ crop with its labels: (K,) float32 1/0/NaN (unknown), evidence, and where its
+    (Z, Y, X) image lies in the crop cache (read per item, never held: memory stays flat in
+    the number of cases)."""
 
     case_id: str
     patient_id: str
     side: str
     labels: np.ndarray  # (K,) float32: 1, 0, or NaN (unknown)
     evidence: str
-    image: np.ndarray  # (Z, Y, X) float32 in -1..1
+    crop: CropRef
+
+    @property
+    def image(self) -> np.ndarray:
+        """The (Z, Y, X) float32 crop in -1..1, read from the cache now."""
+        return self.crop.read()
 
 
 def read_organ_labels(labels_dir: str | Path, organ: str) -> list[dict]:
@@ -72,17 +80,17 @@ def dataset_rows(config: TrainConfig) -> dict[str, ManifestRow]:
 def _case_crops(
     cache: CropCache, row: ManifestRow | None, organ: str, crop_config
 ) -> tuple[list | None, str]:
-    """The organ's crops of one case from the cache (the CT is read only on a miss), or None
-    and why they cannot be had."""
+    """The organ's crops of one case as (crop without arrays, where its image lies), from the
+    cache index (the CT is read only on a miss); or None and why they cannot be had."""
     if row is None or not row.seg:
         return None, "CT or segmentation file missing"
     try:
-        [(crops, _)] = cache.case(
-            CropInputs(row.ct, row.seg, row.seg_labels), [(organ,)], crop_config
+        entries = cache.case_refs(
+            CropInputs(row.ct, row.seg, row.seg_labels), (organ,), crop_config
         )
     except InputError as exc:
         return None, str(exc)
-    return crops, ""
+    return entries, ""
 
 
 def load_samples(
@@ -110,10 +118,10 @@ def load_samples(
         if crops is None:
             skipped.append({"case_id": case, "reason": reason})
             continue
-        by_side = {c.side or "": c for c in crops}
+        by_side = {crop.side or "": (crop, ref) for crop, ref in crops}
         for row in case_rows:
-            crop = by_side.get(row["side"])
-            if crop is None or crop.image is None:
+            crop, ref = by_side.get(row["side"], (None, None))
+            if ref is None:
                 status = crop.status if crop else "absent"
                 skipped.append({"case_id": case, "side": row["side"], "reason": f"organ {status}"})
                 continue
@@ -122,7 +130,7 @@ def load_samples(
             )
             patient = row["patient_id"] or cases[case].group
             samples.append(
-                CaseSample(case, patient, row["side"], labels, row.get("evidence", ""), crop.image)
+                CaseSample(case, patient, row["side"], labels, row.get("evidence", ""), ref)
             )
         if progress:
             progress((i + 1) / len(by_case), f"loaded {case}")
@@ -131,11 +139,28 @@ def load_samples(
     return samples, summary
 
 
+#: The most DataLoader workers ``num_workers: -1`` (auto) starts.
+MAX_AUTO_WORKERS = 8
+
+
+def loader_workers(requested: int) -> int:
+    """DataLoader workers: ``requested``, or for -1 the cores this process may use, capped at
+    :data:`MAX_AUTO_WORKERS`."""
+    if requested >= 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(cores or 1, MAX_AUTO_WORKERS)
+
+
 class CropDataset(torch.utils.data.Dataset):
     """Samples as model input: 2.5D stacks (S, C, H, W) or a 3D crop (1, Z, Y, X).
 
-    Augmentation (training only, MONAI): small rotations and scaling, intensity scaling and
-    Gaussian noise; no flips (left and right are anatomy).
+    Each item's crop is read from the cache and dequantised where the item is made (in the
+    DataLoader's workers). Augmentation (training only, MONAI): small rotations and scaling,
+    intensity scaling and Gaussian noise; no flips (left and right are anatomy). Its random
+    draws are seeded from (seed, epoch, item), never from the worker, so a run gives the same
+    batches with any number of workers. An index ``i`` is item ``i % len`` in epoch
+    ``i // len`` (what :class:`EpochSampler` yields).
     """
 
     def __init__(
@@ -151,6 +176,7 @@ class CropDataset(torch.utils.data.Dataset):
         self.layout = layout
         self.n_samples = n_samples
         self.n_slices = n_slices
+        self.seed = seed
         self.transform = None
         if augment:
             from monai.transforms import Compose, RandAffine, RandGaussianNoise, RandScaleIntensity
@@ -167,17 +193,58 @@ class CropDataset(torch.utils.data.Dataset):
                     RandGaussianNoise(prob=0.3, std=0.03),
                 ]
             )
-            self.transform.set_random_state(seed)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int):
-        sample = self.samples[index]
-        volume = torch.from_numpy(sample.image)[None]  # (1, Z, Y, X)
+        epoch, item = divmod(int(index), len(self.samples))
+        sample = self.samples[item]
+        volume = torch.from_numpy(sample.crop.read())[None]  # (1, Z, Y, X)
         if self.transform is not None:
+            draw = np.random.SeedSequence([self.seed, epoch, item]).generate_state(1)[0]
+            self.transform.set_random_state(seed=int(draw))
             volume = torch.as_tensor(self.transform(volume)).float().clamp_(-1.0, 1.0)
         x = model_batch(volume, self.layout, self.n_samples, self.n_slices)[0].contiguous()
         labels = torch.from_numpy(np.nan_to_num(sample.labels, nan=0.0))
         known = torch.from_numpy(~np.isnan(sample.labels)).float()
-        return x.float(), labels, known, index
+        return x.float(), labels, known, item
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """The training order of one epoch, for one rank: a seeded shuffle (or, ``weights`` given,
+    a seeded weighted draw with replacement: balanced sampling), split between ``world``
+    ranks (every rank gets the same number of items). Runs in the main process, so
+    :meth:`set_epoch` reaches persistent workers; it yields ``epoch * n + item``
+    (:class:`CropDataset`'s indices).
+
+    Args:
+        n: items in the dataset. seed: the run's seed.
+        weights: sampling weights (None: each item once per epoch).
+        rank / world: this process's rank and the number of ranks (DDP).
+    """
+
+    def __init__(
+        self, n: int, seed: int, weights: np.ndarray | None = None, rank: int = 0, world: int = 1
+    ) -> None:
+        self.n, self.seed, self.rank, self.world = n, seed, rank, world
+        self.weights = None if weights is None else np.asarray(weights, float) / np.sum(weights)
+        self.epoch = 0
+        self.per_rank = -(-n // world)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch whose order to yield next."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.per_rank
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if self.weights is None:
+            order = rng.permutation(self.n)
+        else:
+            order = rng.choice(self.n, self.n, replace=True, p=self.weights)
+        order = np.resize(order, self.per_rank * self.world)  # pad by wrapping, as DDP does
+        for item in order[self.rank :: self.world]:
+            yield int(self.epoch * self.n + item)

@@ -27,7 +27,8 @@ from JMIDAnomalyLib.models.registry import LAYOUT_25D, model_input
 from JMIDAnomalyLib.training.config import TrainConfig
 from JMIDAnomalyLib.training.data import CaseSample, load_samples, read_organ_labels
 from JMIDAnomalyLib.training.evaluation import prediction_rows, write_predictions
-from JMIDAnomalyLib.training.trainer import FoldTrainer, seed_everything, split_folds
+from JMIDAnomalyLib.training.objectives import split_folds
+from JMIDAnomalyLib.training.trainer import FoldTrainer, seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -163,9 +164,11 @@ def _train_folds(
             )
             span = _fold_progress(progress, k, config.folds)
             trainer.fit(span, writer, resume)
+            # Every rank loads the best epoch (rank 0 wrote it) and predicts its share.
+            trainer.module.load_state_dict(_best_state(out, k))
+            oof[val_idx] = trainer.predict(trainer.val_set)
+            trainer.close()
             if rank == 0:
-                trainer.module.load_state_dict(_best_state(out, k))
-                oof[val_idx] = trainer.predict(trainer.val_set)
                 record = {"oof": oof[val_idx].tolist(), "history": trainer.history}
                 with atomic_output(done) as tmp:
                     tmp.write_text(json.dumps(record))

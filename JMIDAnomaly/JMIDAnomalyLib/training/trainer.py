@@ -18,22 +18,23 @@ import logging
 import math
 import os
 import random
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from JMIDAnomalyLib.common.atomic import atomic_output
 from JMIDAnomalyLib.common.devices import autocast, pick_device
-from JMIDAnomalyLib.common.errors import JMIDError
 from JMIDAnomalyLib.common.organs import ORGAN_CLASSES
 from JMIDAnomalyLib.common.progress import Progress
 from JMIDAnomalyLib.models.ensemble import ensemble_probabilities
 from JMIDAnomalyLib.models.registry import LAYOUT_25D, create_model, model_input
 from JMIDAnomalyLib.training.config import TrainConfig
-from JMIDAnomalyLib.training.data import CaseSample, CropDataset
+from JMIDAnomalyLib.training.data import CaseSample, CropDataset, EpochSampler, loader_workers
+from JMIDAnomalyLib.training.objectives import Loss, auc_per_class
 
 logger = logging.getLogger(__name__)
 
@@ -43,68 +44,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def split_folds(samples: list[CaseSample], folds: int, seed: int) -> np.ndarray:
-    """Fold index per sample: StratifiedGroupKFold grouped by patient, stratified on the
-    first abnormal class present (or normal)."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    strata = []
-    for s in samples:
-        positive = np.flatnonzero(np.nan_to_num(s.labels[:-1]) == 1)
-        strata.append(int(positive[0]) + 1 if len(positive) else 0)
-    groups = [s.patient_id for s in samples]
-    patients = len(set(groups))
-    if patients < folds:
-        raise JMIDError(f"{patients} patients cannot fill {folds} folds")
-    fold_of = np.zeros(len(samples), dtype=int)
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for k, (_, val) in enumerate(splitter.split(np.zeros(len(samples)), strata, groups)):
-        fold_of[val] = k
-    return fold_of
-
-
-def auc_per_class(labels: np.ndarray, probs: np.ndarray, known: np.ndarray) -> list[float | None]:
-    """ROC AUC per class over known labels (None where a class has one label value only)."""
-    from sklearn.metrics import roc_auc_score
-
-    out = []
-    for k in range(labels.shape[1]):
-        mask = known[:, k] > 0
-        y = labels[mask, k]
-        out.append(float(roc_auc_score(y, probs[mask, k])) if 0 < y.sum() < len(y) else None)
-    return out
-
-
-class Loss(nn.Module):
-    """BCE with logits (or focal), ignoring unknown labels; per-sample logits get the case
-    labels repeated over the samples."""
-
-    def __init__(self, kind: str, gamma: float, pos_weight: torch.Tensor | None) -> None:
-        super().__init__()
-        self.kind, self.gamma = kind, gamma
-        self.register_buffer(
-            "pos_weight", pos_weight if pos_weight is not None else torch.tensor([])
-        )
-
-    def forward(
-        self, logits: torch.Tensor, labels: torch.Tensor, known: torch.Tensor
-    ) -> torch.Tensor:
-        """Mean loss over known labels; logits (B, K), or (B, S, K) with the case labels
-        repeated."""
-        if logits.dim() == 3:  # (B, S, K): repeat the case labels over the samples
-            labels = labels[:, None].expand_as(logits)
-            known = known[:, None].expand_as(logits)
-        weight = self.pos_weight if self.pos_weight.numel() else None
-        loss = nn.functional.binary_cross_entropy_with_logits(
-            logits, labels, reduction="none", pos_weight=weight
-        )
-        if self.kind == "focal":
-            p = torch.sigmoid(logits)
-            p_t = p * labels + (1 - p) * (1 - labels)
-            loss = loss * (1 - p_t) ** self.gamma
-        return (loss * known).sum() / known.sum().clamp(min=1.0)
 
 
 class FoldTrainer:
@@ -161,6 +100,8 @@ class FoldTrainer:
         self.amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.epoch, self.best_auc, self.history = 0, -1.0, []
+        self.throughput: dict = {}
+        self._loaders: dict[str, DataLoader | None] = {}
 
     # -- checkpoints -------------------------------------------------------------------------
     @property
@@ -211,35 +152,49 @@ class FoldTrainer:
         return True
 
     # -- loops ---------------------------------------------------------------------------------
-    def _loader(self, dataset, train: bool) -> DataLoader:
-        sampler = None
-        if train and self.world > 1:
-            sampler = torch.utils.data.distributed.DistributedSampler(
-                dataset, self.world, self.rank, shuffle=True, seed=self.config.seed
-            )
-            sampler.set_epoch(self.epoch)
-        elif train and self.config.balanced_sampling:
-            abnormal = np.array([np.nansum(s.labels[:-1]) > 0 for s in dataset.samples], float)
-            weights = np.where(
-                abnormal > 0, 0.5 / max(abnormal.sum(), 1), 0.5 / max((1 - abnormal).sum(), 1)
-            )
-            sampler = torch.utils.data.WeightedRandomSampler(weights.tolist(), len(dataset))
-        generator = torch.Generator().manual_seed(self.config.seed * 1000 + self.epoch)
+    def _data_loader(self, dataset, sampler=None) -> DataLoader:
+        """Crops read and augmented in ``num_workers`` persistent worker processes, pinned
+        memory on CUDA, four batches prefetched per worker."""
+        workers = loader_workers(self.config.num_workers)
         return DataLoader(
             dataset,
             batch_size=self.config.batch_size,
-            shuffle=train and sampler is None,
             sampler=sampler,
-            num_workers=self.config.num_workers,
-            generator=generator,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers else None,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(self.config.seed),
         )
 
+    def _train_loader(self) -> DataLoader:
+        if self._loaders.get("train") is None:
+            weights = None
+            if self.config.balanced_sampling:
+                samples = self.train_set.samples
+                abnormal = np.array([np.nansum(s.labels[:-1]) > 0 for s in samples], float)
+                n_abnormal = max(abnormal.sum(), 1)
+                weights = np.where(
+                    abnormal > 0, 0.5 / n_abnormal, 0.5 / max(len(abnormal) - n_abnormal, 1)
+                )
+            sampler = EpochSampler(
+                len(self.train_set), self.config.seed + self.fold, weights, self.rank, self.world
+            )
+            self._loaders["train"] = self._data_loader(self.train_set, sampler)
+        loader = self._loaders["train"]
+        loader.sampler.set_epoch(self.epoch)
+        return loader
+
     def train_epoch(self) -> float:
-        """One pass over the training set; returns the mean loss."""
+        """One pass over the training set; returns the mean loss. Sets :attr:`throughput`:
+        samples per second through the model (all ranks) and seconds spent waiting for data."""
         self.model.train()
-        total, batches = 0.0, 0
-        for x, labels, known, _ in self._loader(self.train_set, True):
-            x, labels, known = x.to(self.device), labels.to(self.device), known.to(self.device)
+        total, batches, seen, waited = 0.0, 0, 0, 0.0
+        start = tick = time.perf_counter()
+        for x, labels, known, _ in self._train_loader():
+            waited += time.perf_counter() - tick
+            x = x.to(self.device, non_blocking=True)
+            labels, known = labels.to(self.device), known.to(self.device)
             with autocast(self.device, self.amp):
                 # Through the (DDP) wrapper so gradients are synchronised across ranks.
                 per_sample = self.layout == LAYOUT_25D and self.config.sample_loss
@@ -250,17 +205,44 @@ class FoldTrainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
-            total, batches = total + loss.item(), batches + 1
+            total, batches, seen = total + loss.item(), batches + 1, seen + x.shape[0]
+            tick = time.perf_counter()
+        elapsed = max(time.perf_counter() - start, 1e-9)
+        self.throughput = {
+            "samples_per_s": round(seen * self.world / elapsed, 2),
+            "data_wait_s": round(waited, 3),
+            "epoch_s": round(elapsed, 3),
+        }
         return total / max(batches, 1)
 
     def predict(self, dataset: CropDataset) -> np.ndarray:
-        """Case probabilities (N, K) for a dataset, in its order."""
+        """Case probabilities (N, K) for a dataset, in its order. Under DDP every rank
+        predicts its share and the shares are gathered (call it on every rank)."""
         self.model.eval()
-        loader = DataLoader(dataset, batch_size=self.config.batch_size)
-        probs = ensemble_probabilities(
-            [self.module], (x for x, *_ in loader), self.device, self.amp
-        )[0]
-        return probs.cpu().numpy() if len(dataset) else np.zeros((0, len(self.classes)))
+        mine = list(range(self.rank, len(dataset), self.world))
+        if dataset is self.val_set:
+            if self._loaders.get("val") is None:
+                self._loaders["val"] = self._data_loader(Subset(dataset, mine))
+            loader = self._loaders["val"]
+        else:
+            loader = DataLoader(Subset(dataset, mine), batch_size=self.config.batch_size)
+        probs = np.zeros((0, len(self.classes)), np.float32)
+        if mine:
+            batches = (x for x, *_ in loader)
+            probs = ensemble_probabilities([self.module], batches, self.device, self.amp)[0]
+            probs = probs.float().cpu().numpy()
+        if self.world == 1:
+            return probs
+        parts: list = [None] * self.world
+        torch.distributed.all_gather_object(parts, (mine, probs))
+        out = np.zeros((len(dataset), len(self.classes)), np.float32)
+        for indices, part in parts:
+            out[indices] = part
+        return out
+
+    def close(self) -> None:
+        """Stop the loaders' worker processes."""
+        self._loaders.clear()
 
     def validate(self) -> tuple[float, list[float | None]]:
         """Mean validation AUC over the abnormal classes, and the AUC per class."""
@@ -272,25 +254,16 @@ class FoldTrainer:
         return (float(np.mean(valid)) if valid else 0.0), aucs
 
     def fit(self, progress: Progress | None = None, writer=None, resume: bool = False) -> None:
-        """Train the remaining epochs; validate, log and checkpoint after each (rank 0)."""
+        """Train the remaining epochs; after each, validate (every rank predicts its share),
+        then log and checkpoint (rank 0)."""
         if resume:
             self.resume()
         while self.epoch < self.config.epochs:
             loss = self.train_epoch()
             self.epoch += 1
+            mean_auc, aucs = self.validate()
             if self.rank == 0:
-                mean_auc, aucs = self.validate()
-                lr = self.optimizer.param_groups[0]["lr"]
-                self.history.append(
-                    {"epoch": self.epoch, "loss": loss, "val_auc": mean_auc, "lr": lr}
-                )
-                if writer is not None:
-                    writer.add_scalar(f"fold_{self.fold}/loss", loss, self.epoch)
-                    writer.add_scalar(f"fold_{self.fold}/lr", lr, self.epoch)
-                    writer.add_scalar(f"fold_{self.fold}/val_auc_mean", mean_auc, self.epoch)
-                    for cls, auc in zip(self.classes, aucs, strict=True):
-                        if auc is not None:
-                            writer.add_scalar(f"fold_{self.fold}/val_auc/{cls}", auc, self.epoch)
+                self._record(loss, mean_auc, aucs, writer)
                 if mean_auc > self.best_auc:
                     self.best_auc = mean_auc
                     self.save("best.pt", full=False)
@@ -300,6 +273,29 @@ class FoldTrainer:
                     progress(self.epoch / self.config.epochs, f"{message}, val AUC {mean_auc:.3f}")
             if self.world > 1:
                 torch.distributed.barrier()
+
+    def _record(self, loss: float, mean_auc: float, aucs: list, writer) -> None:
+        """One epoch into the history, the log and TensorBoard (throughput included)."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        entry = {"epoch": self.epoch, "loss": loss, "val_auc": mean_auc, "lr": lr}
+        self.history.append({**entry, **self.throughput})
+        logger.info(
+            "fold %d epoch %d: loss %.4f, val AUC %.3f, %.1f samples/s, %.1f s waiting for data",
+            self.fold,
+            self.epoch,
+            loss,
+            mean_auc,
+            self.throughput.get("samples_per_s", 0.0),
+            self.throughput.get("data_wait_s", 0.0),
+        )
+        if writer is None:
+            return
+        scalars = {"loss": loss, "lr": lr, "val_auc_mean": mean_auc, **self.throughput}
+        for name, value in scalars.items():
+            writer.add_scalar(f"fold_{self.fold}/{name}", value, self.epoch)
+        for cls, auc in zip(self.classes, aucs, strict=True):
+            if auc is not None:
+                writer.add_scalar(f"fold_{self.fold}/val_auc/{cls}", auc, self.epoch)
 
 
 def _numpy_state() -> dict:
