@@ -29,14 +29,16 @@ from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 
-def full_size_case():
+def full_size_case(size_xyz=(512, 512, 300), spacing_mm=(0.7, 0.7, 1.0)):
+    """The example CT and its label map resampled to ``size_xyz`` voxels of ``spacing_mm``
+    about the same centre, and the label names."""
     data = fetch_reference_data()
     ct = read_ct(data.ct)
     seg = read_label_map(data.ct_seg, ct)
     grid = Grid.from_image(ct)
     # Same centre, 512x512x300 voxels at 0.7x0.7x1.0 mm.
     centre = grid.index_to_physical([(np.asarray(grid.size) - 1) / 2])[0]
-    size, spacing = np.array([512, 512, 300]), np.array([0.7, 0.7, 1.0])
+    size, spacing = np.array(size_xyz), np.array(spacing_mm)
     origin = centre - grid.direction_matrix @ (spacing * (size - 1) / 2)
     big = Grid(tuple(size.tolist()), tuple(spacing.tolist()), tuple(origin), grid.direction)
     big_ct = sitk.Cast(resample_to_grid(ct, big, "linear", -1024), sitk.sitkInt16)

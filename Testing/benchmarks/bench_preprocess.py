@@ -30,6 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "JMIDAnomaly"))
 sys.path.insert(0, str(REPO / "Testing" / "Python"))
+sys.path.insert(0, str(REPO / "Testing" / "benchmarks"))
 
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
@@ -38,10 +39,9 @@ from JMIDAnomalyLib.demo.reference_data import fetch_reference_data  # noqa: E40
 from JMIDAnomalyLib.imaging.crop_batch import build_crop_cache, inputs_of  # noqa: E402
 from JMIDAnomalyLib.imaging.crop_cache import CropCache, crop_key  # noqa: E402
 from JMIDAnomalyLib.imaging.crops import CropConfig  # noqa: E402
-from JMIDAnomalyLib.imaging.geometry import Grid, resample_to_grid  # noqa: E402
 from JMIDAnomalyLib.imaging.label_tables import read_segmentation  # noqa: E402
 from JMIDAnomalyLib.imaging.manifest import ManifestRow, write_manifest  # noqa: E402
-from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map  # noqa: E402
+from JMIDAnomalyLib.imaging.volumes import read_ct  # noqa: E402
 
 ORGANS = ("liver", "gallbladder", "pancreas", "spleen", "kidney", "adrenal", "esophagus")
 JMID = str(Path(sys.executable).with_name("jmid"))
@@ -81,25 +81,16 @@ def bench_segmentation(work: Path, n: int) -> dict:
 
 def real_size_cases(work: Path, distinct: int) -> list[ManifestRow]:
     """``distinct`` 512x512x100 CTs (the example CT resampled, shifted by i HU) and segs."""
-    data = fetch_reference_data()
-    ct = read_ct(data.ct)
-    seg = read_label_map(data.ct_seg, ct)
-    grid = Grid.from_image(ct)
-    centre = grid.index_to_physical([(np.asarray(grid.size) - 1) / 2])[0]
-    size, spacing = np.array([512, 512, 100]), np.array([0.7, 0.7, 2.5])
-    origin = centre - grid.direction_matrix @ (spacing * (size - 1) / 2)
-    big = Grid(tuple(size.tolist()), tuple(spacing.tolist()), tuple(origin), grid.direction)
-    big_ct = sitk.Cast(resample_to_grid(ct, big, "linear", -1024), sitk.sitkInt16)
-    sitk.WriteImage(resample_to_grid(seg, big, "nearest", 0), str(work / "big_seg.nii.gz"))
+    from bench_crops import full_size_case
+
+    big_ct, big_seg, _ = full_size_case((512, 512, 100), (0.7, 0.7, 2.5))
+    sitk.WriteImage(big_seg, str(work / "big_seg.nii.gz"))
+    labels = str(fetch_reference_data().labels_json)
     rows = []
     for i in range(distinct):
         path = work / f"big_ct{i}.nii.gz"
         sitk.WriteImage(sitk.Cast(big_ct + i, sitk.sitkInt16), str(path))
-        rows.append(
-            ManifestRow(
-                f"big{i}", "", str(path), str(work / "big_seg.nii.gz"), str(data.labels_json)
-            )
-        )
+        rows.append(ManifestRow(f"big{i}", "", str(path), str(work / "big_seg.nii.gz"), labels))
     return rows
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from JMIDAnomalyLib.apps.cli.options import Command, finish_batch
+from JMIDAnomalyLib.apps.cli.options import Command, build_segmenter, finish_batch
 
 
 def _add_dataset(parser: argparse.ArgumentParser) -> None:
@@ -65,23 +65,13 @@ def segment_manifest(args: argparse.Namespace) -> int:
     from JMIDAnomalyLib.common.sharding import local_device, resolve_shard
     from JMIDAnomalyLib.imaging.manifest import read_manifest
     from JMIDAnomalyLib.segmentation.batch import segment_dataset
-    from JMIDAnomalyLib.segmentation.nnunet import OrganSegmenter
 
     rows, shard = read_manifest(args.manifest), resolve_shard(args.shard)
     if args.out.exists() and not args.out.is_dir():
         from JMIDAnomalyLib.common.errors import InputError
 
         raise InputError(args.out, "with --manifest, --out is a folder; this is a file")
-    folds = tuple(f.strip() for f in args.folds.split(",")) if args.folds else None
-    segmenter = OrganSegmenter(
-        args.model,
-        folds,
-        args.checkpoint,
-        args.step_size,
-        args.mirroring,
-        local_device(args.device),
-        None if args.orientation.lower() == "none" else args.orientation,
-    )
+    segmenter = build_segmenter(args, local_device(args.device))
     summary = segment_dataset(segmenter, rows, args.out, shard, console_progress("segment"))
     return finish_batch(summary, args.out)
 

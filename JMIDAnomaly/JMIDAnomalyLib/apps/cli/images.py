@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from JMIDAnomalyLib.apps.cli.options import Command, add_batch_options
+from JMIDAnomalyLib.apps.cli.options import Command, add_batch_options, build_segmenter
 from JMIDAnomalyLib.common.organs import ORGANS
 
 
@@ -105,18 +105,8 @@ def _run_segment(args: argparse.Namespace) -> int:
     from JMIDAnomalyLib.common.progress import console_progress
     from JMIDAnomalyLib.imaging.label_tables import default_label_table, write_label_names
     from JMIDAnomalyLib.imaging.volumes import read_ct, write_image
-    from JMIDAnomalyLib.segmentation.nnunet import OrganSegmenter
 
-    folds = tuple(f.strip() for f in args.folds.split(",")) if args.folds else None
-    segmenter = OrganSegmenter(
-        args.model,
-        folds,
-        args.checkpoint,
-        args.step_size,
-        args.mirroring,
-        args.device,
-        None if args.orientation.lower() == "none" else args.orientation,
-    )
+    segmenter = build_segmenter(args, args.device)
     labels = segmenter.segment(read_ct(args.ct), progress=console_progress("segment"))
     write_image(labels, args.out)
     table = default_label_table(args.out)

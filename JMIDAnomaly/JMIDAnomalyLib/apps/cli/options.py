@@ -60,3 +60,20 @@ def finish_batch(summary, folder: Path) -> int:
     for failure in summary.failures:
         print(f"  failed {failure.case_id}: {failure.reason}")
     return summary.exit_status
+
+
+def build_segmenter(args: argparse.Namespace, device: str):
+    """The :class:`~JMIDAnomalyLib.segmentation.nnunet.OrganSegmenter` of ``jmid segment``'s
+    options (--model, --folds, --checkpoint, --step-size, --mirroring, --orientation)."""
+    from JMIDAnomalyLib.segmentation.nnunet import OrganSegmenter
+
+    folds = tuple(f.strip() for f in args.folds.split(",")) if args.folds else None
+    return OrganSegmenter(
+        args.model,
+        folds,
+        args.checkpoint,
+        args.step_size,
+        args.mirroring,
+        device,
+        None if args.orientation.lower() == "none" else args.orientation,
+    )
