@@ -217,6 +217,12 @@ def test_results_folder_scene_and_hirescam(predictor, example_ct, organs_seg, tm
     assert liver["heatmap"] == "heatmap_liver.nii.gz"
     assert [s["class"] for s in liver["scores"]] == list(ORGAN_CLASSES["liver"])
     assert all(len(s["fold_probabilities"]) == 2 for s in liver["scores"])
+    # What is shown is calibrated: the bundle's map of the raw ensemble probability.
+    bundle = predictor.bundles["liver"]
+    assert set(bundle.calibration) == set(bundle.classes)
+    raw = np.array([s["raw_probability"] for s in liver["scores"]])
+    shown = [s["probability"] for s in liver["scores"]]
+    np.testing.assert_allclose(shown, bundle.calibrate(raw), atol=2e-5)
     heat = sitk.GetArrayFromImage(read_image(out / "heatmap_liver.nii.gz"))
     assert heat.min() >= 0 and heat.max() > 0
     assert_inside_liver(heat, seg, names)

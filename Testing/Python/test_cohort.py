@@ -114,3 +114,27 @@ def test_cases_reports_and_patients_line_up(cohort):
     assert (root / "contact_sheet.png").stat().st_size > 10_000
     image = sitk.ReadImage(str(root / "images" / "case_0001.nii.gz"))
     assert image.GetPixelIDTypeAsString() == "16-bit signed integer"
+
+
+def test_cohort_from_another_ct(reference_data, tmp_path):
+    from JMIDAnomalyLib.apps.cli.main import main
+    from JMIDAnomalyLib.imaging.volumes import read_ct
+
+    out = tmp_path / "other"
+    source = ["--source-ct", str(reference_data.ct_small), "--source-seg"]
+    args = ["cohort", "--out", str(out), "--cases", "6", "--seed", "2", *source]
+    assert main([*args, str(reference_data.ct_small_seg)]) == 0
+    summary = json.loads((out / "cohort.json").read_text())
+    assert summary["cases"] == 6 and summary["source"][0].endswith("example_ct_sm.nii.gz")
+    assert summary["cases_with_findings"] >= 1
+    small = read_ct(reference_data.ct_small)
+    for case in (f"case_{i:04d}" for i in range(1, 7)):
+        size = read_ct(out / "images" / f"{case}.nii.gz").GetSize()
+        # The source's anatomy (30 slices), not the example CT's 112; deformed in z.
+        assert size[:2] == small.GetSize()[:2] and abs(size[2] - 30) <= 6
+    names = json.loads((out / "labels.json").read_text())
+    assert "liver" in names.values()
+    # A segmentation off the CT's grid is refused before anything is written.
+    bad = tmp_path / "bad"
+    assert main([*args[:2], str(bad), *args[3:], str(reference_data.ct_seg)]) == 2
+    assert not bad.exists()

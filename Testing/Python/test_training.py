@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from JMIDAnomalyLib.common.errors import InputError
@@ -54,6 +55,10 @@ def test_training_writes_a_self_contained_bundle(data, tmp_path):
         assert set(bundle.thresholds) == set(bundle.classes)
         assert bundle.meta["training"]["samples"] == 12
         assert torch.__version__.startswith(bundle.meta["versions"]["torch"])
+        # Calibrated probabilities never reorder cases: monotone in the raw score per class.
+        assert set(bundle.calibration) == set(bundle.classes)
+        grid = np.repeat(np.linspace(0, 1, 201)[:, None], len(bundle.classes), axis=1)
+        assert np.all(np.diff(bundle.calibrate(grid), axis=0) >= -1e-12)
     assert histories(tmp_path / "run") == [[1, 2, 3]] * 3
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     lines = (tmp_path / "run" / "oof_predictions.csv").read_text(encoding="utf-8").splitlines()
@@ -161,6 +166,28 @@ def test_the_published_preset_is_the_reference_recipe():
         TrainConfig.from_dict({"preset": "mine"})
 
 
+@pytest.mark.parametrize(("positives", "method"), [(20, "platt"), (80, "isotonic")])
+def test_calibration_fixes_overconfident_scores(positives, method):
+    from JMIDAnomalyLib.models.calibration import (
+        apply_class,
+        cross_fit_class,
+        expected_calibration_error,
+        fit_class,
+    )
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(positives), np.zeros(240)]
+    truth = np.clip(0.3 * y + rng.uniform(0, 0.6, len(y)), 0, 1)  # ranks, but overconfident:
+    raw = np.clip(truth**0.3, 0, 1)  # every score pushed towards 1
+    calibration = fit_class(raw, y)
+    assert calibration["method"] == method
+    grid = np.linspace(0, 1, 101)
+    assert np.all(np.diff(apply_class(calibration, grid)) >= 0)
+    folds = np.arange(len(y)) % 5
+    honest = cross_fit_class(raw, y, folds)
+    assert expected_calibration_error(honest, y) < 0.5 * expected_calibration_error(raw, y)
+
+
 class Smuggled:
     """Stands for code a malicious weights file could carry."""
 
@@ -245,12 +272,18 @@ def test_evaluate_oof_and_held_out(data, tmp_path):
     for folder in ("oof", "held_out"):
         metrics = json.loads((tmp_path / folder / "metrics.json").read_text())
         assert metrics["organ"] == "liver" and metrics["cases"] == 12
+        for entry in metrics["classes"]:
+            assert 0 <= entry["ece"] <= 1 and 0 <= entry["ece_raw"] <= 1
+            assert (tmp_path / folder / f"reliability_{entry['class']}.png").is_file()
         nofinding = next(c for c in metrics["classes"] if c["class"] == "nofinding")
         assert nofinding["positives"] + nofinding["negatives"] == 12
         for png in ("roc.png", "confusion.png"):
             assert (tmp_path / folder / png).stat().st_size > 5000
         header = (tmp_path / folder / "predictions.csv").read_text(encoding="utf-8").splitlines()[0]
-        assert header == "case_id,patient_id,organ,side,class,probability,label,fold,evidence"
+        assert (
+            header
+            == "case_id,patient_id,organ,side,class,probability,label,fold,evidence,probability_raw"
+        )
     assert main(["evaluate", "--bundle", str(bundle), "--out", str(tmp_path / "x")]) == 2
 
 

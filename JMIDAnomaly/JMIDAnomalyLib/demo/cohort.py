@@ -2,7 +2,8 @@
 
 ``build_cohort(out, cases=60, seed=0)`` writes (deterministic for a seed):
 
-    out/images/case_0001.nii.gz      CT (int16 HU), a deformed copy of the real example CT
+    out/images/case_0001.nii.gz      CT (int16 HU), a deformed copy of the real example CT (or
+                                     of the source CT given: ``jmid cohort --source-ct``)
     out/segs/case_0001.nii.gz        its organ label map (label table: out/labels.json)
     out/findings/case_0001.nii.gz    planted finding masks (value = finding label in truth.json)
     out/reports.csv                  the reports, J-MID export format (specimen columns)
@@ -33,6 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from JMIDAnomalyLib.common.atomic import atomic_output
+from JMIDAnomalyLib.common.errors import InputError
 from JMIDAnomalyLib.common.organs import TOTALSEGMENTATOR_ORGANS, organ_key
 from JMIDAnomalyLib.common.progress import Progress
 from JMIDAnomalyLib.demo.deformation import deform_case
@@ -40,7 +42,7 @@ from JMIDAnomalyLib.demo.planting import FINDING_KINDS, PlantedFinding, Planter
 from JMIDAnomalyLib.demo.reference_data import fetch_reference_data
 from JMIDAnomalyLib.demo.reports import write_report
 from JMIDAnomalyLib.imaging.geometry import Grid
-from JMIDAnomalyLib.imaging.label_tables import select_organs
+from JMIDAnomalyLib.imaging.label_tables import read_segmentation, select_organs
 from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map, write_image
 
 logger = logging.getLogger(__name__)
@@ -99,12 +101,40 @@ def _plant(planter: Planter, organ: str, cls: str, labels: np.ndarray, names: di
     raise ValueError(f"unknown finding {organ} {cls}")
 
 
-def build_case(index: int, seed: int, out: str, label_noise: float, patient: str) -> dict:
-    """Make case ``index`` (1-based) and write its files; returns its truth record."""
+def read_source(source: tuple[str, str, str] | None = None) -> tuple[sitk.Image, sitk.Image, dict]:
+    """The anatomy a cohort is made from: (CT, organ label map, label names) of ``source``
+    (CT, segmentation, label table or ""), else of the real example CT.
+
+    Raises:
+        InputError: unreadable files, a segmentation off the CT's grid, or none of our organs.
+    """
+    if source is None:
+        data = fetch_reference_data()
+        ct = read_ct(data.ct)
+        label_map, names = read_label_map(data.ct_seg, ct), data.label_names()
+    else:
+        ct_path, seg_path, table = source
+        ct = read_ct(ct_path)
+        label_map, names = read_segmentation(seg_path, ct, table or None, "--source-labels")
+    organs, organ_names = select_organs(label_map, names)
+    if not organ_names:
+        where = source[1] if source else "example segmentation"
+        raise InputError(where, "names none of the abdominal organs (liver, spleen, kidneys...)")
+    return ct, organs, organ_names
+
+
+def build_case(
+    index: int,
+    seed: int,
+    out: str,
+    label_noise: float,
+    patient: str,
+    source: tuple[str, str, str] | None = None,
+) -> dict:
+    """Make case ``index`` (1-based) from ``source`` (:func:`read_source`) and write its files;
+    returns its truth record."""
     rng = np.random.default_rng([seed, index])
-    data = fetch_reference_data()
-    source_ct = read_ct(data.ct)
-    organs, names = select_organs(read_label_map(data.ct_seg, source_ct), data.label_names())
+    source_ct, organs, names = read_source(source)
     ct, labels_image = deform_case(source_ct, organs, rng)
     grid = Grid.from_image(ct)
     ct_array = sitk.GetArrayFromImage(ct).astype(np.float32)
@@ -155,17 +185,23 @@ def build_cohort(
     label_noise: float = 0.1,
     workers: int | None = None,
     progress: Progress | None = None,
+    source: tuple[str, str, str] | None = None,
 ) -> dict:
-    """Build the demo cohort into ``out``; returns the summary also written to cohort.json."""
+    """Build the demo cohort into ``out``; returns the summary also written to cohort.json.
+
+    ``source``: (CT, organ segmentation, label table or "") to make the cases from any real
+    anatomy (default: the example CT); it is read and checked before anything is written."""
     out = Path(out)
+    if source is not None:
+        source = tuple(str(Path(p).resolve()) if p else "" for p in source)
+    read_source(source)  # checked (and the example data fetched) before the workers start
     out.mkdir(parents=True, exist_ok=True)
-    fetch_reference_data()  # once, before the workers start
     patients = _patients(cases, np.random.default_rng([seed, 0]))
     workers = workers or min(4, os.cpu_count() or 1)
     records = [None] * cases
     with ProcessPoolExecutor(workers) as pool:
         futures = [
-            pool.submit(build_case, i + 1, seed, str(out), label_noise, patients[i])
+            pool.submit(build_case, i + 1, seed, str(out), label_noise, patients[i], source)
             for i in range(cases)
         ]
         for done, future in enumerate(futures, start=1):
@@ -187,6 +223,7 @@ def build_cohort(
         "cases": cases,
         "seed": seed,
         "label_noise": label_noise,
+        "source": list(source) if source else "example CT",
         "patients": len(set(patients)),
         "cases_with_findings": sum(bool(r["findings"]) for r in truth),
         "findings": dict(sorted(kinds.items())),

@@ -93,7 +93,7 @@ class DemoResult:
                 "",
                 f"{organ} ensemble ({how}), out-of-fold:",
                 f"  {'class':26s} {'positives':>9s} {'AUC (95% CI)':>22s} "
-                f"{'sens':>5s} {'spec':>5s}",
+                f"{'sens':>5s} {'spec':>5s} {'ECE raw -> calibrated':>22s}",
             ]
             for m in run["metrics"]:
                 if not m["positives"]:
@@ -105,8 +105,10 @@ class DemoResult:
                 )
                 sens = "-" if m["sensitivity"] is None else f"{m['sensitivity']:.2f}"
                 spec = "-" if m["specificity"] is None else f"{m['specificity']:.2f}"
+                ece = f"{m['ece_raw']:.3f} -> {m['ece']:.3f}" if "ece" in m else "-"
                 lines.append(
-                    f"  {m['class']:26s} {m['positives']:9d} {auc:>22s} {sens:>5s} {spec:>5s}"
+                    f"  {m['class']:26s} {m['positives']:9d} {auc:>22s} {sens:>5s} {spec:>5s} "
+                    f"{ece:>22s}"
                 )
         if self.analyses:
             lines += [

@@ -17,6 +17,7 @@
                  "explained_class": str | null, "heatmap": "<file>" | null,
                  "scores": [{"class": str, "probability": float, "spread": float,
                              "fold_probabilities": [float], "threshold": float,
+                             "raw_probability": float (before calibration),
                              "flag": bool}]}]}
 """
 

@@ -2,11 +2,11 @@
 
 :class:`AnomalyPredictor` loads the bundles once (one per organ; all folds; GPU with AMP when
 available) and analyzes many cases. For each organ and side it reports, per class, the ensemble
-probability (mean over folds), the fold spread (std), the bundle's threshold and a flag
-(probability >= threshold); organs the segmentation lacks are reported with their status. The
-explanation (:mod:`~JMIDAnomalyLib.inference.explain`) of the highest-scoring abnormal class is
-computed on the crop and mapped back onto the CT's grid through the crop record, so it lies on
-the anatomy in any orientation.
+probability (the bundle's calibration of the mean over folds), the fold spread (std), the
+bundle's threshold and a flag (probability >= threshold); organs the segmentation lacks are
+reported with their status. The explanation (:mod:`~JMIDAnomalyLib.inference.explain`) of the
+highest-scoring abnormal class is computed on the crop and mapped back onto the CT's grid
+through the crop record, so it lies on the anatomy in any orientation.
 """
 
 from __future__ import annotations
@@ -42,13 +42,16 @@ NORMAL_CLASSES = ("nofinding",)
 
 @dataclass
 class ClassScore:
-    """One class of one organ: ensemble probability, fold spread and values, threshold."""
+    """One class of one organ: the calibrated ensemble probability (the bundle's calibration of
+    the mean over folds), the fold spread and values (each calibrated), the threshold, and the
+    raw ensemble probability before calibration."""
 
     cls: str
     probability: float
     spread: float
     fold_probabilities: list[float]
     threshold: float
+    raw_probability: float | None = None
 
     @property
     def flag(self) -> bool:
@@ -64,6 +67,9 @@ class ClassScore:
             "fold_probabilities": [round(p, 5) for p in self.fold_probabilities],
             "threshold": round(self.threshold, 5),
             "flag": self.flag,
+            "raw_probability": None
+            if self.raw_probability is None
+            else round(self.raw_probability, 5),
         }
 
 
@@ -257,15 +263,18 @@ class AnomalyPredictor:
         config = bundle.crop_config
         volume = torch.from_numpy(crop.image).to(self.device)[None]
         batch = model_batch(volume, bundle.layout, config.samples, config.slices_per_sample)
-        probs = ensemble_probabilities(bundle.models, [batch], amp=self.amp)[:, 0].cpu().numpy()
+        raw = ensemble_probabilities(bundle.models, [batch], amp=self.amp)[:, 0].cpu().numpy()
+        folds = bundle.calibrate(raw)  # (folds, K)
+        mean = bundle.calibrate(raw.mean(0))  # (K,): the calibrated ensemble
         for k, cls in enumerate(bundle.classes):
             result.scores.append(
                 ClassScore(
                     cls,
-                    float(probs[:, k].mean()),
-                    float(probs[:, k].std()),
-                    [float(p) for p in probs[:, k]],
+                    float(mean[k]),
+                    float(folds[:, k].std()),
+                    [float(p) for p in folds[:, k]],
                     float(bundle.thresholds[cls]),
+                    float(raw[:, k].mean()),
                 )
             )
 

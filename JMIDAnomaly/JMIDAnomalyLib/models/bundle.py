@@ -3,7 +3,10 @@
     bundle/
       bundle.json        format version, organ, classes, model name and arguments, folds,
                          preprocessing (crop config incl. HU window, grid, 2.5D layout),
-                         per-class thresholds (Youden on out-of-fold predictions),
+                         per-class calibration (fitted on the out-of-fold predictions:
+                         :mod:`~JMIDAnomalyLib.models.calibration`; absent in older
+                         bundles, whose scores are raw) and thresholds (Youden on the
+                         calibrated out-of-fold predictions),
                          training data summary (counts, label-file hash), library versions,
                          and the training configuration
       fold_<k>.pt        state dicts (tensors only)
@@ -85,6 +88,17 @@ class Bundle:
         return self.meta["thresholds"]
 
     @property
+    def calibration(self) -> dict[str, dict]:
+        """Class -> calibration map (empty for bundles trained before calibration)."""
+        return self.meta.get("calibration", {})
+
+    def calibrate(self, raw):
+        """(..., K) raw ensemble probabilities -> calibrated, in class order (float64)."""
+        from JMIDAnomalyLib.models.calibration import calibrate
+
+        return calibrate(self.calibration, raw, self.classes)
+
+    @property
     def crop_config(self) -> CropConfig:
         """The preprocessing its models were trained with."""
         return CropConfig.from_dict(self.meta["preprocessing"])
@@ -105,6 +119,19 @@ _REQUIRED = (
     "preprocessing",
     "thresholds",
 )
+
+
+def _check_calibration(calibration, classes: list[str], name: Path) -> None:
+    from JMIDAnomalyLib.models.calibration import METHODS
+
+    if not isinstance(calibration, dict) or set(calibration) - set(classes):
+        raise InputError(name, "calibration names classes the bundle does not have")
+    for cls, entry in calibration.items():
+        if not isinstance(entry, dict) or entry.get("method") not in METHODS:
+            raise InputError(name, f"calibration of {cls} is not one of {', '.join(METHODS)}")
+        required = {"platt": ("a", "b"), "isotonic": ("x", "y")}.get(entry["method"], ())
+        if any(k not in entry for k in required):
+            raise InputError(name, f"calibration of {cls} lacks {', '.join(required)}")
 
 
 def load_bundle(path: str | os.PathLike, weights: bool = True) -> Bundle:
@@ -149,6 +176,7 @@ def _load_folder(folder: Path, name: Path, weights: bool = True) -> Bundle:
         raise InputError(name, f"classes do not match the {meta['organ']} class list")
     if set(meta["thresholds"]) != set(meta["classes"]):
         raise InputError(name, "thresholds do not cover the classes")
+    _check_calibration(meta.get("calibration", {}), meta["classes"], name)
     try:
         CropConfig.from_dict(meta["preprocessing"])
     except (InputError, TypeError) as exc:

@@ -1,9 +1,11 @@
 """Evaluation of a bundle: per-class AUC with 95% CI, sensitivity, specificity and F1 at the
-bundle's thresholds, ROC curves and confusion matrices as PNG, and a predictions CSV.
+bundle's thresholds, expected calibration error before and after calibration, ROC curves,
+confusion matrices and reliability diagrams as PNG, and a predictions CSV.
 
 Two sources: a held-out set run through the bundle (ensemble mean over folds), or the
 out-of-fold predictions a training run wrote. The predictions CSV (case, patient, organ, side,
-class, probability, label, fold, evidence) is the input of the error-analysis view.
+class, calibrated probability, label, fold, evidence, raw probability) is the input of the
+error-analysis view.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from JMIDAnomalyLib.common.atomic import atomic_output
 from JMIDAnomalyLib.common.devices import pick_device
 from JMIDAnomalyLib.common.errors import InputError
+from JMIDAnomalyLib.models import calibration as calibration_maps
 from JMIDAnomalyLib.models.bundle import Bundle, load_bundle
 from JMIDAnomalyLib.models.ensemble import ensemble_probabilities
 from JMIDAnomalyLib.training.config import DATA_PATHS, TrainConfig
@@ -36,7 +39,10 @@ COLUMNS = [
     "label",
     "fold",
     "evidence",
+    "probability_raw",
 ]
+#: Columns an older predictions file may lack.
+OPTIONAL_COLUMNS = ("probability_raw",)
 
 
 def predict(
@@ -175,11 +181,13 @@ def prediction_rows(
     classes: Sequence[str],
     organ: str,
     folds: np.ndarray | str,
+    raw: np.ndarray | None = None,
 ) -> list[dict]:
     """The predictions CSV's rows: one per sample and class.
 
     Args:
-        samples: the cases; probs: (N, K) probabilities in their order; classes: the K names.
+        samples: the cases; probs: (N, K) calibrated probabilities in their order; classes:
+            the K names; raw: (N, K) the same before calibration.
         folds: each sample's fold index (out-of-fold predictions), or one label (``ensemble``).
     """
     rows = []
@@ -198,13 +206,60 @@ def prediction_rows(
                     "label": label,
                     "fold": fold,
                     "evidence": s.evidence,
+                    "probability_raw": "" if raw is None else f"{raw[i, k]:.5f}",
                 }
             )
     return rows
 
 
-def _write(out: Path, rows: list[dict], table: list[dict], organ: str) -> dict:
+def calibration_report(
+    rows: list[dict], table: list[dict], out: Path, organ: str, cross_fit: bool
+) -> None:
+    """Expected calibration error before (``ece_raw``) and after (``ece``) calibration into
+    each class's ``table`` entry, and ``reliability_<class>.png`` with both curves.
+
+    ``cross_fit``: out-of-fold rows, whose "after" is measured with each fold calibrated by a
+    map fitted on the other folds (else the rows' calibrated probabilities, from held-out
+    cases). Rows without ``probability_raw`` (older files) are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for entry in table:
+        cls = entry["class"]
+        picked = [
+            r for r in rows if r["class"] == cls and r["label"] != "" and r.get("probability_raw")
+        ]
+        if not picked:
+            continue
+        raw = np.array([float(r["probability_raw"]) for r in picked])
+        y = np.array([int(r["label"]) for r in picked])
+        after = np.array([float(r["probability"]) for r in picked])
+        if cross_fit:
+            after = calibration_maps.cross_fit_class(raw, y, np.array([r["fold"] for r in picked]))
+        entry["ece_raw"] = calibration_maps.expected_calibration_error(raw, y)
+        entry["ece"] = calibration_maps.expected_calibration_error(after, y)
+        figure, ax = plt.subplots(figsize=(4, 4))
+        ax.plot([0, 1], [0, 1], color="gray", linestyle=":")
+        for values, name, colour in ((raw, "raw", "tab:gray"), (after, "calibrated", "tab:red")):
+            mean, rate = calibration_maps.reliability(values, y)
+            ece = calibration_maps.expected_calibration_error(values, y)
+            ax.plot(mean, rate, marker="o", color=colour, label=f"{name} (ECE {ece:.3f})")
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability", ylabel="observed rate")
+        ax.set_title(f"{organ} {cls}: reliability", fontsize=9)
+        ax.legend(fontsize=8, loc="upper left")
+        figure.tight_layout()
+        with atomic_output(out / f"reliability_{cls}.png") as tmp:
+            figure.savefig(tmp, dpi=80)
+        plt.close(figure)
+
+
+def _write(
+    out: Path, rows: list[dict], table: list[dict], organ: str, cross_fit: bool = False
+) -> dict:
     out.mkdir(parents=True, exist_ok=True)
+    calibration_report(rows, table, out, organ, cross_fit)
     write_predictions(out / "predictions.csv", rows)
     summary = {
         "organ": organ,
@@ -227,9 +282,11 @@ def evaluate_oof(
             rows = list(csv.DictReader(f))
     except OSError as exc:
         raise InputError(oof_csv, f"cannot be read ({exc.strerror})") from None
-    if not rows or set(COLUMNS) - set(rows[0]):
-        raise InputError(oof_csv, f"expected the columns {', '.join(COLUMNS)}")
-    return _write(Path(out), rows, metrics_table(rows, bundle.thresholds), bundle.organ)
+    required = [c for c in COLUMNS if c not in OPTIONAL_COLUMNS]
+    if not rows or set(required) - set(rows[0]):
+        raise InputError(oof_csv, f"expected the columns {', '.join(required)}")
+    table = metrics_table(rows, bundle.thresholds)
+    return _write(Path(out), rows, table, bundle.organ, cross_fit=True)
 
 
 def evaluate_bundle(
@@ -253,6 +310,7 @@ def evaluate_bundle(
         raise InputError(labels_dir, f"no usable {bundle.organ} cases")
     crop = bundle.crop_config
     dataset = CropDataset(samples, bundle.layout, crop.samples, crop.slices_per_sample)
-    probs, _ = predict(bundle, dataset, device=device)
-    rows = prediction_rows(samples, probs, bundle.classes, bundle.organ, "ensemble")
+    raw, _ = predict(bundle, dataset, device=device)
+    probs = bundle.calibrate(raw)
+    rows = prediction_rows(samples, probs, bundle.classes, bundle.organ, "ensemble", raw=raw)
     return _write(Path(out), rows, metrics_table(rows, bundle.thresholds), bundle.organ)

@@ -22,6 +22,7 @@ from JMIDAnomalyLib.common.organs import ORGAN_CLASSES
 from JMIDAnomalyLib.common.progress import Progress
 from JMIDAnomalyLib.imaging.label_tables import read_label_names
 from JMIDAnomalyLib.imaging.manifest import read_manifest
+from JMIDAnomalyLib.models import calibration as calibration_maps
 from JMIDAnomalyLib.models.bundle import save_bundle
 from JMIDAnomalyLib.models.registry import LAYOUT_25D, model_input
 from JMIDAnomalyLib.training.config import TrainConfig
@@ -200,11 +201,14 @@ def _write_bundle(
     states: list[dict],
     data_summary: dict,
 ) -> None:
-    """Out-of-fold thresholds and predictions, then the bundle (metadata and fold weights)."""
+    """Calibration and thresholds from the out-of-fold predictions, the predictions (calibrated
+    and raw), then the bundle (metadata and fold weights)."""
     classes = ORGAN_CLASSES[config.organ]
     labels = np.stack([np.nan_to_num(s.labels) for s in samples])
     known = np.stack([~np.isnan(s.labels) for s in samples]).astype(float)
-    rows = prediction_rows(samples, oof, classes, config.organ, fold_of)
+    calibration = calibration_maps.fit(labels, oof, known, classes)
+    calibrated = calibration_maps.calibrate(calibration, oof, classes)
+    rows = prediction_rows(samples, calibrated, classes, config.organ, fold_of, raw=oof)
     write_predictions(Path(config.out) / "oof_predictions.csv", rows)
     crop = config.crop_config()
     kwargs = dict(config.model_kwargs)
@@ -216,7 +220,8 @@ def _write_bundle(
         "model": config.model,
         "model_kwargs": kwargs,
         "preprocessing": crop.to_dict(),
-        "thresholds": youden_thresholds(labels, oof, known, classes),
+        "calibration": calibration,
+        "thresholds": youden_thresholds(labels, calibrated, known, classes),
         "training": {
             **data_summary,
             "patients": len({s.patient_id for s in samples}),

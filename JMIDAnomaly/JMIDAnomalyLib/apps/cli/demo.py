@@ -49,6 +49,13 @@ def _add_cohort(parser: argparse.ArgumentParser) -> None:
         default=0.1,
         help="share of findings the reports leave out (default 0.1)",
     )
+    parser.add_argument(
+        "--source-ct", type=Path, help="make the cases from this CT (default: the example CT)"
+    )
+    parser.add_argument("--source-seg", type=Path, help="its organ segmentation (with --source-ct)")
+    parser.add_argument(
+        "--source-labels", type=Path, help="the segmentation's label table, if it carries none"
+    )
 
 
 def _run_cohort(args: argparse.Namespace) -> int:
@@ -59,9 +66,19 @@ def _run_cohort(args: argparse.Namespace) -> int:
 
     if args.cases < 1 or not 0 <= args.label_noise <= 1:
         raise JMIDError("--cases must be at least 1 and --label-noise within 0..1")
+    if bool(args.source_ct) != bool(args.source_seg):
+        raise JMIDError("--source-ct and --source-seg go together")
+    source = None
+    if args.source_ct:
+        source = (str(args.source_ct), str(args.source_seg), str(args.source_labels or ""))
     start = time.perf_counter()
     summary = build_cohort(
-        args.out, args.cases, args.seed, args.label_noise, progress=console_progress("cohort")
+        args.out,
+        args.cases,
+        args.seed,
+        args.label_noise,
+        progress=console_progress("cohort"),
+        source=source,
     )
     seconds = time.perf_counter() - start
     print(
