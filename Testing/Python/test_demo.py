@@ -26,6 +26,15 @@ def test_demo_runs_end_to_end_and_reuses_its_cache(demo_run):
     assert metrics["organ"] == "liver" and any("auc" in c for c in metrics["classes"])
     pngs = list((out / "evaluation" / "liver").glob("*.png"))
     assert pngs and all(p.stat().st_size > 5000 for p in pngs)
+    # The held-out test set: whole patients, never trained on, evaluated by the bundle.
+    assert "on the held-out test set" in result.stdout
+    truth = json.loads((out / "cohort" / "truth.json").read_text())
+    excluded = set(bundle.meta["config"]["exclude_cases"])
+    patients = {r["patient_id"] for r in truth if r["case_id"] in excluded}
+    assert excluded == {r["case_id"] for r in truth if r["patient_id"] in patients}
+    assert 0.1 <= len(patients) / len({r["patient_id"] for r in truth}) <= 0.34
+    test_metrics = json.loads((out / "evaluation" / "liver" / "test" / "metrics.json").read_text())
+    assert test_metrics["cases"] == len(excluded)
     # Analysis of the held-out case: never trained on, all outputs valid.
     (analysis,) = (out / "analysis").iterdir()
     assert analysis.name in bundle.meta["config"]["exclude_cases"]

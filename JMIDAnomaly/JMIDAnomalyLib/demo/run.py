@@ -5,11 +5,12 @@
 3. crop the trained organs of every case through the crop cache, from the cohort's own organ
    segmentations (the demo does not run a segmentation model: ``jmid segment`` or
    ``jmid analyze --seg-model`` do that with an nnU-Net folder);
-4. train each organ's k-fold ensemble (demo preset, ``mil_local``) on all cases but a few held
-   out, into a model bundle (reused when its configuration is unchanged; an interrupted run
-   resumes);
-5. evaluate the out-of-fold predictions (metrics, ROC and confusion PNGs);
-6. analyze the held-out cases with heatmaps (scores.json, overview.png, a Slicer scene each)
+4. train each organ's k-fold ensemble (demo preset, ``mil_local``) on all cases but a held-out
+   test set (20% of the patients, :mod:`~JMIDAnomalyLib.demo.holdout`), into a model bundle
+   (reused when its configuration is unchanged; an interrupted run resumes);
+5. evaluate the out-of-fold predictions (metrics, ROC, confusion and reliability PNGs), and
+   the bundle on the test set (held-out AUC, per-case flags against the planted findings);
+6. analyze a few test cases with heatmaps (scores.json, overview.png, a Slicer scene each)
    and measure how far each heatmap lies from the planted finding;
 7. write a Slicer scene of one case with its organs and planted findings.
 """
@@ -27,6 +28,7 @@ import SimpleITK as sitk
 
 from JMIDAnomalyLib.common.progress import Progress
 from JMIDAnomalyLib.demo.cohort import build_cohort
+from JMIDAnomalyLib.demo.holdout import evaluate_test_set, split_test_set, test_set_table
 from JMIDAnomalyLib.imaging.crop_cache import CropCache
 from JMIDAnomalyLib.imaging.crops import CropConfig
 from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map
@@ -54,6 +56,7 @@ class DemoSettings:
     epochs: int = 24
     holdout: int = 3
     model: str = "mil_local"
+    test_fraction: float = 0.2
 
 
 @dataclass
@@ -67,6 +70,7 @@ class DemoResult:
     crops_from_cache: int = 0
     label_check: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)  # organ -> {"minutes", "reused", "metrics"}
+    tests: dict = field(default_factory=dict)  # organ -> evaluate_test_set's summary
     analyses: list = field(default_factory=list)  # per held-out case: dict
     files: dict[str, Path] = field(default_factory=dict)
 
@@ -110,6 +114,8 @@ class DemoResult:
                     f"  {m['class']:26s} {m['positives']:9d} {auc:>22s} {sens:>5s} {spec:>5s} "
                     f"{ece:>22s}"
                 )
+        for organ, test in self.tests.items():
+            lines += test_set_table(organ, test)
         if self.analyses:
             lines += [
                 "",
@@ -143,7 +149,8 @@ def run_demo(
     progress(0.32, "cropping organs (crop cache)")
     _crop_cohort(out, truth, names, settings, result, progress)
     result.label_check = _label_check(truth, out / "labels")
-    held_out = _held_out(truth, settings)
+    test_cases = split_test_set(truth, settings.test_fraction, settings.seed)
+    held_out = _held_out(truth, settings, test_cases)
     bundles = []
     for n, organ in enumerate(settings.organs):
         span = 0.45 / len(settings.organs)
@@ -151,10 +158,13 @@ def run_demo(
             out,
             organ,
             settings,
-            held_out,
+            test_cases,
             lambda f, m, n=n, span=span: progress(0.4 + span * (n + f), m),
         )
         bundles.append(bundle)
+        if test_cases:
+            progress(0.4 + span * (n + 1), f"evaluating the {organ} ensemble on the test set")
+            result.tests[organ] = evaluate_test_set(out, organ, bundle, test_cases, truth)
     progress(0.85, "analyzing held-out cases")
     result.analyses = _analyze_held_out(out, truth, held_out, bundles, progress)
     progress(0.97, "writing a Slicer scene of one case")
@@ -214,18 +224,27 @@ def _crop_cohort(
         progress(0.32 + 0.08 * (i + 1) / len(truth), f"cropped {case}")
 
 
-def _held_out(truth: list[dict], settings: DemoSettings) -> list[str]:
-    """The last cases with a planted finding in a trained organ (never trained on)."""
-    found = [
-        r["case_id"]
-        for r in truth
-        if any(f["organ"] in settings.organs and f["size_mm"] >= 10 for f in r["findings"])
-    ]
+def _held_out(truth: list[dict], settings: DemoSettings, test_cases: list[str]) -> list[str]:
+    """The cases to analyze with heatmaps: the last test cases (never trained on) with a
+    planted finding of 10 mm or more in a trained organ (else any finding there, else any)."""
+    test = [r for r in truth if r["case_id"] in set(test_cases)]
+    found = []
+    for least_mm in (10.0, 0.0, None):
+        found = [
+            r["case_id"]
+            for r in test
+            if least_mm is None
+            or any(
+                f["organ"] in settings.organs and f["size_mm"] >= least_mm for f in r["findings"]
+            )
+        ]
+        if len(found) >= settings.holdout:
+            break
     return found[-settings.holdout :] if settings.holdout else []
 
 
 def _train_organ(
-    out: Path, organ: str, settings: DemoSettings, held_out: list[str], progress: Progress
+    out: Path, organ: str, settings: DemoSettings, test_cases: list[str], progress: Progress
 ) -> tuple[Path, dict]:
     import shutil
     import time
@@ -245,7 +264,7 @@ def _train_organ(
         epochs=settings.epochs,
         model=settings.model,
         seed=settings.seed,
-        exclude_cases=sorted(held_out),
+        exclude_cases=sorted(test_cases),
         **DEMO_TRAINING,
     )
     saved = run / "config.json"

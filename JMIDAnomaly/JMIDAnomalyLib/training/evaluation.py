@@ -296,16 +296,22 @@ def evaluate_bundle(
     crop_cache: str | os.PathLike,
     out: str | os.PathLike,
     device: str = "auto",
+    cases: Sequence[str] | None = None,
 ) -> dict:
     """Run the bundle on a labelled set (``data_root`` in the cohort layout: images/, segs/,
-    labels.json) and write metrics, plots and predictions into ``out``.
+    labels.json; ``cases``: only these) and write metrics, plots and predictions into ``out``.
 
     ``device``: ``auto`` (CUDA, MPS, CPU) or a torch device name; float16 autocast on CUDA."""
     bundle = load_bundle(bundle_path)
-    settings = {k: v for k, v in bundle.meta.get("config", {}).items() if k not in DATA_PATHS}
+    # The training's data and its exclusions (often this very test set) do not apply here.
+    skip = {*DATA_PATHS, "exclude_cases"}
+    settings = {k: v for k, v in bundle.meta.get("config", {}).items() if k not in skip}
     settings["organ"] = bundle.organ
     config = TrainConfig.for_cohort(data_root, labels_dir, out, crop_cache, **settings)
     samples, _ = load_samples(config)
+    if cases is not None:
+        wanted = set(cases)
+        samples = [s for s in samples if s.case_id in wanted]
     if not samples:
         raise InputError(labels_dir, f"no usable {bundle.organ} cases")
     crop = bundle.crop_config

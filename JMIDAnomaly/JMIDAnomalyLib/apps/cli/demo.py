@@ -19,7 +19,15 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--organs", default=",".join(d.organs), help="organs to train")
     parser.add_argument("--folds", type=int, default=d.folds, help=f"folds ({d.folds})")
     parser.add_argument("--epochs", type=int, default=d.epochs, help=f"epochs ({d.epochs})")
-    parser.add_argument("--holdout", type=int, default=d.holdout, help="held-out cases to analyze")
+    parser.add_argument(
+        "--holdout", type=int, default=d.holdout, help="test cases to analyze with heatmaps"
+    )
+    parser.add_argument(
+        "--test-fraction",
+        type=float,
+        default=d.test_fraction,
+        help=f"share of patients held out as the test set ({d.test_fraction})",
+    )
     parser.add_argument("--model", default=d.model, help=f"classifier ({d.model})")
 
 
@@ -29,7 +37,14 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     organs = tuple(o.strip() for o in args.organs.split(",") if o.strip())
     settings = DemoSettings(
-        args.cases, args.seed, organs, args.folds, args.epochs, args.holdout, args.model
+        args.cases,
+        args.seed,
+        organs,
+        args.folds,
+        args.epochs,
+        args.holdout,
+        args.model,
+        args.test_fraction,
     )
     result = run_demo(args.out, settings, progress=console_progress("demo"))
     print(result.table())

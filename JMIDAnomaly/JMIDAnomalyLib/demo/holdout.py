@@ -1,0 +1,99 @@
+"""The demo's held-out test set: a share of the patients never trained on, nor used to choose
+thresholds or calibration, and what the bundle does on them.
+
+:func:`split_test_set` draws whole patients (every exam of a patient is on one side). After
+training, :func:`evaluate_test_set` runs the bundle on the test cases (AUC with 95% CI,
+sensitivity and specificity at the stored thresholds, calibration error) and counts, per case,
+whether what is flagged is what was planted.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+
+from JMIDAnomalyLib.common.organs import ORGAN_CLASSES
+
+
+def split_test_set(truth: list[dict], fraction: float, seed: int) -> list[str]:
+    """The test cases: ``fraction`` of the patients (at least one when > 0), drawn with
+    ``seed``, with all their exams; sorted case ids."""
+    if fraction <= 0:
+        return []
+    patients = sorted({r["patient_id"] for r in truth})
+    rng = np.random.default_rng([seed, 2022])
+    chosen = set(rng.permutation(patients)[: max(1, math.ceil(fraction * len(patients)))])
+    return sorted(r["case_id"] for r in truth if r["patient_id"] in chosen)
+
+
+def evaluate_test_set(
+    out: Path, organ: str, bundle: Path, test_cases: list[str], truth: list[dict]
+) -> dict:
+    """The bundle on the test cases into ``out/evaluation/<organ>/test``: the metrics table,
+    and per case whether the flagged classes are the planted ones."""
+    from JMIDAnomalyLib.models.bundle import load_bundle
+    from JMIDAnomalyLib.training.evaluation import evaluate_bundle
+
+    folder = out / "evaluation" / organ / "test"
+    summary = evaluate_bundle(
+        bundle, out / "labels", out / "cohort", out / "crop_cache", folder, cases=test_cases
+    )
+    thresholds = load_bundle(bundle, weights=False).thresholds
+    flagged: dict[tuple[str, str], set[str]] = {}
+    with (folder / "predictions.csv").open(encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            key = (row["case_id"], row["side"])
+            flagged.setdefault(key, set())
+            if (
+                row["class"] != "nofinding"
+                and float(row["probability"]) >= thresholds[row["class"]]
+            ):
+                flagged[key].add(row["class"])
+    planted: dict[tuple[str, str], set[str]] = {key: set() for key in flagged}
+    classes = set(ORGAN_CLASSES[organ])
+    for record in truth:
+        for finding in record["findings"]:
+            key = (record["case_id"], finding["side"] or "")
+            if finding["organ"] == organ and key in planted and finding["cls"] in classes:
+                planted[key].add(finding["cls"])
+    positives = [k for k in flagged if planted[k]]
+    normals = [k for k in flagged if not planted[k]]
+    return {
+        "metrics": summary["classes"],
+        "cases": len(flagged),
+        "exact": sum(flagged[k] == planted[k] for k in flagged),
+        "positives": len(positives),
+        "positives_found": sum(planted[k] <= flagged[k] for k in positives),
+        "normals": len(normals),
+        "normals_flagged": sum(bool(flagged[k]) for k in normals),
+    }
+
+
+def test_set_table(organ: str, test: dict) -> list[str]:
+    """The summary lines of a test-set evaluation (``jmid demo``'s table)."""
+    lines = [
+        "",
+        f"{organ} ensemble on the held-out test set ({test['cases']} cases, never trained on):",
+        f"  {'class':26s} {'positives':>9s} {'AUC (95% CI)':>22s} {'sens':>5s} {'spec':>5s} "
+        f"{'ECE':>6s}",
+    ]
+    for m in test["metrics"]:
+        if not m["positives"]:
+            continue
+        auc = f"{m['auc']:.3f} ({m['auc_low']:.2f}-{m['auc_high']:.2f})" if "auc" in m else "-"
+        sens = "-" if m["sensitivity"] is None else f"{m['sensitivity']:.2f}"
+        spec = "-" if m["specificity"] is None else f"{m['specificity']:.2f}"
+        ece = f"{m['ece']:.3f}" if "ece" in m else "-"
+        lines.append(
+            f"  {m['class']:26s} {m['positives']:9d} {auc:>22s} {sens:>5s} {spec:>5s} {ece:>6s}"
+        )
+    lines.append(
+        f"  flagged for exactly the planted classes: {test['exact']} of {test['cases']}; "
+        f"with a planted finding, flagged for it: {test['positives_found']} of "
+        f"{test['positives']}; without, flagged for anything: {test['normals_flagged']} of "
+        f"{test['normals']}"
+    )
+    return lines
