@@ -72,24 +72,31 @@ def evaluate_test_set(
     }
 
 
-def test_set_table(organ: str, test: dict) -> list[str]:
-    """The summary lines of a test-set evaluation (``jmid demo``'s table)."""
+def metrics_lines(title: str, metrics: list[dict], ece_title: str, ece_cell) -> list[str]:
+    """A metrics table of ``jmid demo``'s summary: per class with positives, AUC (95% CI),
+    sensitivity, specificity and a calibration column (``ece_cell(entry)``)."""
+    width = len(ece_title)
     lines = [
         "",
-        f"{organ} ensemble on the held-out test set ({test['cases']} cases, never trained on):",
+        title,
         f"  {'class':26s} {'positives':>9s} {'AUC (95% CI)':>22s} {'sens':>5s} {'spec':>5s} "
-        f"{'ECE':>6s}",
+        f"{ece_title}",
     ]
-    for m in test["metrics"]:
+    for m in metrics:
         if not m["positives"]:
             continue
         auc = f"{m['auc']:.3f} ({m['auc_low']:.2f}-{m['auc_high']:.2f})" if "auc" in m else "-"
         sens = "-" if m["sensitivity"] is None else f"{m['sensitivity']:.2f}"
         spec = "-" if m["specificity"] is None else f"{m['specificity']:.2f}"
-        ece = f"{m['ece']:.3f}" if "ece" in m else "-"
-        lines.append(
-            f"  {m['class']:26s} {m['positives']:9d} {auc:>22s} {sens:>5s} {spec:>5s} {ece:>6s}"
-        )
+        cells = f"{m['class']:26s} {m['positives']:9d} {auc:>22s} {sens:>5s} {spec:>5s}"
+        lines.append(f"  {cells} {ece_cell(m) if 'ece' in m else '-':>{width}s}")
+    return lines
+
+
+def test_set_table(organ: str, test: dict) -> list[str]:
+    """The summary lines of a test-set evaluation (``jmid demo``'s table)."""
+    title = f"{organ} ensemble on the held-out test set ({test['cases']} cases, never trained on):"
+    lines = metrics_lines(title, test["metrics"], "   ECE", lambda m: f"{m['ece']:.3f}")
     lines.append(
         f"  flagged for exactly the planted classes: {test['exact']} of {test['cases']}; "
         f"with a planted finding, flagged for it: {test['positives_found']} of "

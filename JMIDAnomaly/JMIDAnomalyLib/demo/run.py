@@ -28,7 +28,12 @@ import SimpleITK as sitk
 
 from JMIDAnomalyLib.common.progress import Progress
 from JMIDAnomalyLib.demo.cohort import build_cohort
-from JMIDAnomalyLib.demo.holdout import evaluate_test_set, split_test_set, test_set_table
+from JMIDAnomalyLib.demo.holdout import (
+    evaluate_test_set,
+    metrics_lines,
+    split_test_set,
+    test_set_table,
+)
 from JMIDAnomalyLib.imaging.crop_cache import CropCache
 from JMIDAnomalyLib.imaging.crops import CropConfig
 from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map
@@ -93,27 +98,12 @@ class DemoResult:
             lines.append(f"{kind:36s} {planted:8d} {reported:11d} {labelled:9d}")
         for organ, run in self.training.items():
             how = "reused" if run["reused"] else f"trained in {run['minutes']:.1f} min"
-            lines += [
-                "",
+            lines += metrics_lines(
                 f"{organ} ensemble ({how}), out-of-fold:",
-                f"  {'class':26s} {'positives':>9s} {'AUC (95% CI)':>22s} "
-                f"{'sens':>5s} {'spec':>5s} {'ECE raw -> calibrated':>22s}",
-            ]
-            for m in run["metrics"]:
-                if not m["positives"]:
-                    continue
-                auc = (
-                    f"{m['auc']:.3f} ({m['auc_low']:.2f}-{m['auc_high']:.2f})"
-                    if "auc" in m
-                    else "-"
-                )
-                sens = "-" if m["sensitivity"] is None else f"{m['sensitivity']:.2f}"
-                spec = "-" if m["specificity"] is None else f"{m['specificity']:.2f}"
-                ece = f"{m['ece_raw']:.3f} -> {m['ece']:.3f}" if "ece" in m else "-"
-                lines.append(
-                    f"  {m['class']:26s} {m['positives']:9d} {auc:>22s} {sens:>5s} {spec:>5s} "
-                    f"{ece:>22s}"
-                )
+                run["metrics"],
+                "ECE raw -> calibrated",
+                lambda m: f"{m['ece_raw']:.3f} -> {m['ece']:.3f}",
+            )
         for organ, test in self.tests.items():
             lines += test_set_table(organ, test)
         if self.analyses:
