@@ -74,7 +74,7 @@ def fabricate(root: Path, n: int) -> Path:
         stamps = CropInputs(row.ct, row.seg, row.seg_labels).stamps()
         index = cache.index_path(input_fingerprint(stamps, ("liver",), config))
         index.parent.mkdir(parents=True, exist_ok=True)
-        index.write_text(json.dumps({"key": keys[i % DISTINCT], "organs": ["liver"]}))
+        index.write_text(json.dumps({"key": keys[i % DISTINCT]}))  # as CropCache writes it
         rows.append(row)
     write_manifest(rows, root / "manifest.csv")
     (root / "labels").mkdir()

@@ -7,10 +7,19 @@ module does not import torch (the Slicer module loads before its dependencies ar
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
+
+
+def available_cores() -> int:
+    """The CPU cores this process may use (its affinity, else the machine's): the default
+    number of worker processes of ``jmid crop --manifest`` and of training's data loaders."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def pick_device(device: str = "auto") -> torch.device:

@@ -19,7 +19,7 @@ from JMIDAnomalyLib.common.batch import BatchSummary, CaseOutcome, attempt, run_
 from JMIDAnomalyLib.common.errors import JMIDError
 from JMIDAnomalyLib.common.progress import Progress
 from JMIDAnomalyLib.common.sharding import Shard
-from JMIDAnomalyLib.imaging.crop_cache import CropCache, CropInputs
+from JMIDAnomalyLib.imaging.crop_cache import CropCache, CropInputs, input_fingerprint
 from JMIDAnomalyLib.imaging.crops import CropConfig
 from JMIDAnomalyLib.imaging.manifest import ManifestRow
 
@@ -46,22 +46,16 @@ def _crop_case(
 
 def _is_cached(cache: CropCache, organs, config: CropConfig, row: ManifestRow) -> bool:
     try:
-        return all(cache.resolve(inputs_of(row), (o,), config) for o in organs)
+        stamps = inputs_of(row).stamps()  # one stat per file, for every organ's fingerprint
     except JMIDError:
         return False  # missing files: the case is attempted, and fails with the reason
+    return all(cache.indexed_key(input_fingerprint(stamps, (o,), config)) for o in organs)
 
 
 def _init_worker() -> None:
     import SimpleITK as sitk
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-
-
-def available_cores() -> int:
-    """The cores this process may use (its CPU affinity), the default number of workers."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def build_crop_cache(

@@ -50,9 +50,11 @@ def voxel_digest(ct: sitk.Image, label_map: sitk.Image, names: Mapping[int, str]
     return digest.hexdigest()
 
 
-def settings_key(voxels: str, organs: tuple[str, ...], config: CropConfig) -> str:
-    """The entry key of a :func:`voxel_digest` with the organs and crop settings."""
-    settings = [voxels, list(organs), config.to_dict(), CROP_VERSION]
+def settings_key(inputs, organs: tuple[str, ...], config: CropConfig) -> str:
+    """A hash of what identifies the inputs (a :func:`voxel_digest`: the entry key; or file
+    stamps: the index key, :func:`input_fingerprint`) with the organs, crop settings and
+    :data:`CROP_VERSION`."""
+    settings = [inputs, list(organs), config.to_dict(), CROP_VERSION]
     return hashlib.blake2b(
         json.dumps(settings, sort_keys=True).encode(), digest_size=16
     ).hexdigest()
@@ -77,9 +79,8 @@ def _stamp(path: str | os.PathLike) -> list:
         if not path.is_dir():
             return [str(path), info.st_size, info.st_mtime_ns]
         with os.scandir(path) as entries:
-            files = sorted(
-                (e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in entries if e.is_file()
-            )
+            found = [(e.name, e.stat()) for e in entries if e.is_file()]
+        files = sorted((name, st.st_size, st.st_mtime_ns) for name, st in found)
     except FileNotFoundError:
         raise InputError(path, "no such file or folder") from None
     except OSError as exc:
@@ -113,10 +114,7 @@ class CropInputs:
 
 def input_fingerprint(stamps: Mapping, organs: tuple[str, ...], config: CropConfig) -> str:
     """The index key: a hash of the file stamps, the organs, the crop settings and version."""
-    settings = [stamps, list(organs), config.to_dict(), CROP_VERSION]
-    return hashlib.blake2b(
-        json.dumps(settings, sort_keys=True).encode(), digest_size=16
-    ).hexdigest()
+    return settings_key(stamps, organs, config)
 
 
 @dataclass(frozen=True)
@@ -186,12 +184,13 @@ class CropCache:
         """
         config = config or CropConfig()
         stamps = inputs.stamps()
-        results: list[tuple[list[OrganCrop], str] | None] = []
+        results: list[tuple[list[OrganCrop] | None, str] | None] = []
         fingerprints = [input_fingerprint(stamps, organs, config) for organs in organ_sets]
-        for fingerprint in fingerprints:
-            key = None if verify else self.indexed_key(fingerprint)
-            crops = self.load(key) if key and arrays else None
-            results.append((crops, "index") if key and (crops or not arrays) else None)
+        indexed = [self.indexed_key(fingerprint) for fingerprint in fingerprints]
+        for key in indexed:
+            crops = self.load(key) if key and arrays and not verify else None
+            found = key and not verify and (crops is not None or not arrays)
+            results.append((crops, "index") if found else None)
         if all(results):
             return results  # type: ignore[return-value]
         ct = read_ct(inputs.ct)
@@ -208,14 +207,17 @@ class CropCache:
             crops = [c for organ in organs for c in cropped if c.organ == organ]
             if i in missing:
                 self.store(keys[i], crops)
-            results[i] = self._index_entry(keys[i], fingerprints[i], i in missing, arrays)
+            entry = (keys[i], fingerprints[i], indexed[i])
+            results[i] = self._index_entry(*entry, computed=i in missing, arrays=arrays)
         return results  # type: ignore[return-value]
 
-    def _index_entry(self, key: str, fingerprint: str, computed: bool, arrays: bool):
-        """Index ``fingerprint`` to ``key`` (whose entry exists); the crops and their source."""
+    def _index_entry(
+        self, key: str, fingerprint: str, indexed: str | None, computed: bool, arrays: bool
+    ):
+        """Index ``fingerprint`` to ``key`` (whose entry exists; ``indexed``: what the index
+        held before); the crops and their source."""
         crops = self.load(key) if arrays else None
         source = "computed" if computed else "content"
-        indexed = self.indexed_key(fingerprint)
         if indexed == key:
             source = "verified"
         elif indexed is not None:
@@ -282,9 +284,9 @@ class CropCache:
     def refs(self, key: str) -> list[tuple[OrganCrop, CropRef | None]] | None:
         """The crops under ``key`` without their arrays (records and statuses, from the JSON
         only), each with where its image lies; None when the entry is missing or incomplete."""
-        npz, meta = self.paths(key)
-        if not meta.exists() or not npz.exists():
+        if not self.has(key):
             return None
+        npz, meta = self.paths(key)
         out = []
         for s in json.loads(meta.read_text(encoding="utf-8")):
             crop = OrganCrop(

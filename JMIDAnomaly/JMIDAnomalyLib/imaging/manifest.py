@@ -180,19 +180,23 @@ def _channel_zero(files: list[Path]) -> dict[str, Path]:
     return {volume_stem(p)[:-5]: p for p in files if volume_stem(p).endswith("_0000")}
 
 
-def _scan_cohort(root: Path) -> list[ManifestRow]:
-    table = root / "labels.json"
+def cohort_rows(images: Path, segs: Path, table: str = "") -> list[ManifestRow]:
+    """The rows of CTs in ``images`` with label maps of the same file name in ``segs`` (the
+    cohort layout; a CT without one gets an empty ``seg``) and the label table ``table``."""
     rows = []
-    for ct in _volumes(root / "images"):
+    for ct in _volumes(Path(images)):
         case = volume_stem(ct)
-        seg = root / "segs" / ct.name
+        seg = Path(segs) / ct.name
         if not seg.exists():
             rows.append(ManifestRow(case, case, str(ct)))
             continue
-        rows.append(
-            ManifestRow(case, case, str(ct), str(seg), str(table) if table.exists() else "")
-        )
+        rows.append(ManifestRow(case, case, str(ct), str(seg), table))
     return rows
+
+
+def _scan_cohort(root: Path) -> list[ManifestRow]:
+    table = root / "labels.json"
+    return cohort_rows(root / "images", root / "segs", str(table) if table.exists() else "")
 
 
 def _scan_nnunet(root: Path) -> list[ManifestRow]:

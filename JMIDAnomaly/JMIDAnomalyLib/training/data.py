@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from JMIDAnomalyLib.common.devices import available_cores
 from JMIDAnomalyLib.common.errors import InputError
 from JMIDAnomalyLib.common.organs import ORGAN_CLASSES
 from JMIDAnomalyLib.common.progress import Progress
 from JMIDAnomalyLib.imaging.crop_cache import CropCache, CropInputs, CropRef
-from JMIDAnomalyLib.imaging.manifest import ManifestRow, read_manifest
+from JMIDAnomalyLib.imaging.manifest import ManifestRow, cohort_rows, read_manifest
 from JMIDAnomalyLib.models.inputs import model_batch
 from JMIDAnomalyLib.training.config import TrainConfig
 
@@ -41,11 +41,6 @@ class CaseSample:
     evidence: str
     crop: CropRef
 
-    @property
-    def image(self) -> np.ndarray:
-        """The (Z, Y, X) float32 crop in -1..1, read from the cache now."""
-        return self.crop.read()
-
 
 def read_organ_labels(labels_dir: str | Path, organ: str) -> list[dict]:
     """The rows of ``<labels_dir>/<organ>.csv`` (``jmid labels`` output), checked for the class
@@ -62,19 +57,14 @@ def read_organ_labels(labels_dir: str | Path, organ: str) -> list[dict]:
 
 
 def dataset_rows(config: TrainConfig) -> dict[str, ManifestRow]:
-    """The training cases by case id: the manifest's rows, or the cohort layout's (CT and
-    segmentation named ``<case_id>.nii.gz`` in images_dir and segs_dir, label table
-    seg_labels)."""
+    """The training cases by case id: the manifest's rows, or the cohort layout's (a CT in
+    images_dir and its label map of the same file name in segs_dir, label table seg_labels:
+    :func:`~JMIDAnomalyLib.imaging.manifest.cohort_rows`)."""
     if config.manifest:
-        return {row.case_id: row for row in read_manifest(config.manifest)}
-    images, segs = Path(config.images_dir), Path(config.segs_dir)
-    rows = {}
-    for ct in images.glob("*.nii.gz"):
-        case = ct.name[: -len(".nii.gz")]
-        seg = segs / ct.name
-        if seg.is_file():
-            rows[case] = ManifestRow(case, "", str(ct), str(seg), config.seg_labels)
-    return rows
+        rows = read_manifest(config.manifest)
+    else:
+        rows = cohort_rows(Path(config.images_dir), Path(config.segs_dir), config.seg_labels)
+    return {row.case_id: row for row in rows}
 
 
 def _case_crops(
@@ -146,10 +136,7 @@ MAX_AUTO_WORKERS = 8
 def loader_workers(requested: int) -> int:
     """DataLoader workers: ``requested``, or for -1 the cores this process may use, capped at
     :data:`MAX_AUTO_WORKERS`."""
-    if requested >= 0:
-        return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return min(cores or 1, MAX_AUTO_WORKERS)
+    return requested if requested >= 0 else min(available_cores(), MAX_AUTO_WORKERS)
 
 
 class CropDataset(torch.utils.data.Dataset):
