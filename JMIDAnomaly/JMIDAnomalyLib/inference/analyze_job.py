@@ -112,9 +112,13 @@ class AnalysisRunner:
         """How many predictors and segmenters are loaded."""
         return len(self._predictors) + len(self._segmenters)
 
+    @staticmethod
+    def _predictor_key(bundles: list[str], device: str) -> tuple:
+        return tuple(str(Path(b).resolve()) for b in bundles), device
+
     def predictor(self, bundles: list[str], device: str) -> AnomalyPredictor:
         """The predictor of these bundles on ``device``, loaded on first use."""
-        key = (tuple(str(Path(b).resolve()) for b in bundles), device)
+        key = self._predictor_key(bundles, device)
         if key not in self._predictors:
             self._predictors[key] = AnomalyPredictor(bundles, device)
         return self._predictors[key]
@@ -122,11 +126,10 @@ class AnalysisRunner:
     def run(self, config: AnalyzeConfig, progress: Progress | None = None) -> AnalysisRun:
         """Analyze one CT into ``config.out``."""
         start = time.perf_counter()
-        key = (tuple(str(Path(b).resolve()) for b in config.bundles), config.device)
-        reused = key in self._predictors
+        reused = self._predictor_key(config.bundles, config.device) in self._predictors
         if not reused and progress:
             progress(0.0, "loading the model bundles")
-        self.predictor(config.bundles, config.device)
+        predictor = self.predictor(config.bundles, config.device)
         segmenter = None
         if config.seg_model:
             seg_key = (str(Path(config.seg_model).resolve()), config.device)
@@ -138,7 +141,7 @@ class AnalysisRunner:
             segmenter = self._segmenters[seg_key]
         analysis = analyze_case(
             config.ct,
-            self._predictors[key],
+            predictor,
             config.out,
             config.seg or None,
             config.seg_labels or None,
@@ -186,11 +189,12 @@ def analyze_dataset(
 
     def analyze_one(row: ManifestRow) -> CaseOutcome:
         def work() -> None:
-            if not row.seg and not seg_model:
-                raise InputError(row.ct, "no segmentation in the manifest and no --seg-model")
-            seg = {"seg": row.seg, "seg_labels": row.seg_labels, "seg_model": ""}
-            if not row.seg:
+            if row.seg:
+                seg = {"seg": row.seg, "seg_labels": row.seg_labels, "seg_model": ""}
+            elif seg_model:
                 seg = {"seg": "", "seg_labels": "", "seg_model": seg_model}
+            else:
+                raise InputError(row.ct, "no segmentation in the manifest and no --seg-model")
             job = {**settings, **seg, "ct": row.ct, "out": str(out / row.case_id)}
             runner.run(AnalyzeConfig(**job))
 

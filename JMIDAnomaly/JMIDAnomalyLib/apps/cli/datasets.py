@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from JMIDAnomalyLib.apps.cli.options import Command, build_segmenter, finish_batch
+from JMIDAnomalyLib.apps.cli.options import Command, build_segmenter, finish_batch, organ_list
 
 
 def _add_dataset(parser: argparse.ArgumentParser) -> None:
@@ -59,14 +59,21 @@ def _run_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dataset(args: argparse.Namespace):
+    """The manifest's rows and this process's shard (--manifest, --shard or the environment)."""
+    from JMIDAnomalyLib.common.sharding import resolve_shard
+    from JMIDAnomalyLib.imaging.manifest import read_manifest
+
+    return read_manifest(args.manifest), resolve_shard(args.shard)
+
+
 def segment_manifest(args: argparse.Namespace) -> int:
     """``jmid segment --manifest M --out DIR``."""
     from JMIDAnomalyLib.common.progress import console_progress
-    from JMIDAnomalyLib.common.sharding import local_device, resolve_shard
-    from JMIDAnomalyLib.imaging.manifest import read_manifest
+    from JMIDAnomalyLib.common.sharding import local_device
     from JMIDAnomalyLib.segmentation.batch import segment_dataset
 
-    rows, shard = read_manifest(args.manifest), resolve_shard(args.shard)
+    rows, shard = _dataset(args)
     if args.out.exists() and not args.out.is_dir():
         from JMIDAnomalyLib.common.errors import InputError
 
@@ -78,17 +85,16 @@ def segment_manifest(args: argparse.Namespace) -> int:
 
 def crop_manifest(args: argparse.Namespace, config) -> int:
     """``jmid crop --manifest M --cache DIR``."""
+    from JMIDAnomalyLib.common.devices import available_cores
     from JMIDAnomalyLib.common.progress import console_progress
-    from JMIDAnomalyLib.common.sharding import resolve_shard
-    from JMIDAnomalyLib.imaging.crop_batch import available_cores, build_crop_cache
-    from JMIDAnomalyLib.imaging.manifest import read_manifest
+    from JMIDAnomalyLib.imaging.crop_batch import build_crop_cache
 
     if not args.cache:
         from JMIDAnomalyLib.common.errors import InputError
 
         raise InputError("--cache", "jmid crop --manifest fills a crop cache: give --cache DIR")
-    rows, shard = read_manifest(args.manifest), resolve_shard(args.shard)
-    organs = tuple(o.strip() for o in args.organs.split(",") if o.strip())
+    rows, shard = _dataset(args)
+    organs = tuple(organ_list(args.organs))
     workers = args.workers or available_cores()
     summary = build_crop_cache(
         rows, args.cache, organs, config, shard, workers, args.verify, console_progress("crop")
@@ -99,11 +105,10 @@ def crop_manifest(args: argparse.Namespace, config) -> int:
 def analyze_manifest(args: argparse.Namespace, settings: dict) -> int:
     """``jmid analyze --manifest M --out DIR``: ``settings`` are the AnalyzeConfig fields."""
     from JMIDAnomalyLib.common.progress import console_progress
-    from JMIDAnomalyLib.common.sharding import local_device, resolve_shard
-    from JMIDAnomalyLib.imaging.manifest import read_manifest
+    from JMIDAnomalyLib.common.sharding import local_device
     from JMIDAnomalyLib.inference.analyze_job import AnalysisRunner, analyze_dataset
 
-    rows, shard = read_manifest(args.manifest), resolve_shard(args.shard)
+    rows, shard = _dataset(args)
     settings = {**settings, "device": local_device(settings["device"])}
     summary = analyze_dataset(
         AnalysisRunner(), rows, args.out, settings, shard, console_progress("analyze")

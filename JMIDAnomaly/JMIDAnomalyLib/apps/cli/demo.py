@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from JMIDAnomalyLib.apps.cli.options import Command
+from JMIDAnomalyLib.apps.cli.options import Command, organ_list
 from JMIDAnomalyLib.common.errors import JMIDError
 
 
@@ -35,7 +35,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from JMIDAnomalyLib.common.progress import console_progress
     from JMIDAnomalyLib.demo.run import DemoSettings, run_demo
 
-    organs = tuple(o.strip() for o in args.organs.split(",") if o.strip())
+    organs = tuple(organ_list(args.organs))
     settings = DemoSettings(
         args.cases,
         args.seed,

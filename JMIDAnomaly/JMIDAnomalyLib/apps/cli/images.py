@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from JMIDAnomalyLib.apps.cli.options import Command, add_batch_options, build_segmenter
+from JMIDAnomalyLib.apps.cli.options import (
+    Command,
+    add_batch_options,
+    build_segmenter,
+    organ_list,
+)
 from JMIDAnomalyLib.common.organs import ORGANS
 
 
@@ -176,7 +181,7 @@ def _run_crop(args: argparse.Namespace) -> int:
         from JMIDAnomalyLib.common.errors import InputError
 
         raise InputError("--ct", "jmid crop --ct needs --seg and --out")
-    organs = tuple(o.strip() for o in args.organs.split(",") if o.strip())
+    organs = tuple(organ_list(args.organs))
     crops = crop_case(args.ct, args.seg, args.out, organs, config, args.labels)
     for crop in crops:
         size = "x".join(map(str, crop.record.crop.shape_zyx)) if crop.record else "-"
