@@ -1,9 +1,17 @@
-"""The hand-labelled report set (data/labels_gold.jsonl) and helpers to score extractors on it.
+"""The hand-labelled report sets and helpers to score extractors on them.
+
+- ``data/labels_gold.jsonl``: short sentences, one construct at a time (146 reports).
+- ``data/labels_prose.jsonl``: 200 realistic reports (100 Japanese, 100 English, several
+  sentences, 2-6 organs each) written for this test set apart from the rule tables, covering
+  past and post-operative statements, removed organs, hedged negation, comparisons with prior
+  exams, attribution when a sentence names several organs, and section headers
+  (``constructs`` lists what each one exercises).
 
 Each line: ``text`` (Japanese or English), optional ``structured`` entities in a compact form
 ``[surface, certainty_score, [anatomy...], [[clinical_finding, score], ...]]``, and ``gold``:
 organ row (``liver``, ``kidney_left`` ...) -> abnormal classes present; ``cls?`` marks an
-uncertain finding. Rows not listed are normal (nofinding).
+uncertain finding. Rows not listed are normal (nofinding); rows in ``absent`` were removed
+(every cell unknown, ``absent`` = 1).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from JMIDAnomalyLib.common.organs import ORGAN_CLASSES
 from JMIDAnomalyLib.labels.labeling import ORGAN_ROWS, LabelOptions, evidence_to_labels
 
 GOLD_FILE = Path(__file__).with_name("data") / "labels_gold.jsonl"
+PROSE_FILE = Path(__file__).with_name("data") / "labels_prose.jsonl"
 LEVELS = {0: "denial", 1: "unlikely", 2: "possible", 3: "likely", 4: "definitive"}
 
 
@@ -22,12 +31,15 @@ def row_key(organ: str, side: str | None) -> str:
     return f"{organ}_{side}" if side else organ
 
 
-def load_gold() -> list[dict]:
-    return [json.loads(line) for line in GOLD_FILE.read_text(encoding="utf-8").splitlines() if line]
+def load_gold(path: Path = GOLD_FILE) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
-def _entity(text: str, surface: str, score: int, kind: str, modifiers: list) -> dict:
-    start = text.find(surface)
+def _entity(
+    text: str, surface: str, score: int, kind: str, modifiers: list, after: int = 0
+) -> dict:
+    start = text.find(surface, after)
+    start = start if start >= 0 else text.find(surface)
     return {
         "type": kind,
         "tokens": list(surface),
@@ -43,13 +55,16 @@ def _entity(text: str, surface: str, score: int, kind: str, modifiers: list) -> 
 
 
 def expand_entities(text: str, compact: list) -> list[dict]:
-    """Compact entities -> the J-MID structured form (as in shared/specimens)."""
-    out = []
+    """Compact entities -> the J-MID structured form (as in shared/specimens). Entities are in
+    report order: each is looked for after the previous one, as its offsets would be."""
+    out, after = [], 0
     for key, (surface, score, anatomy, findings) in enumerate(compact):
-        modifiers = [_entity(text, a, 4, "Anatomical_entity", []) for a in anatomy]
-        modifiers += [_entity(text, f, s, "Clinical_finding", []) for f, s in findings]
+        modifiers = [_entity(text, a, 4, "Anatomical_entity", [], after) for a in anatomy]
+        modifiers += [_entity(text, f, s, "Clinical_finding", [], after) for f, s in findings]
         kind = "Clinical_finding" if not anatomy and not findings else "Imaging_observation"
-        entity = _entity(text, surface, score, kind, modifiers)
+        entity = _entity(text, surface, score, kind, modifiers, after)
+        if entity["end_idx"] is not None:
+            after = entity["end_idx"] + 1
         entity["key"] = key
         out.append(entity)
     return out
@@ -60,13 +75,16 @@ def gold_labels(item: dict, uncertain: str = "positive") -> dict[str, dict[str, 
     out = {}
     for organ, side in ORGAN_ROWS:
         classes = ORGAN_CLASSES[organ]
+        if row_key(organ, side) in item.get("absent", ()):
+            out[row_key(organ, side)] = {**dict.fromkeys(classes), "absent": 1}
+            continue
         listed = item["gold"].get(row_key(organ, side), [])
         values = {c: 0 for c in classes[:-1]}
         for cls in listed:
             values[cls.rstrip("?")] = value_of_uncertain if cls.endswith("?") else 1
         abnormal = list(values.values())
         values["nofinding"] = 0 if 1 in abnormal else (None if None in abnormal else 1)
-        out[row_key(organ, side)] = values
+        out[row_key(organ, side)] = {**values, "absent": 0}
     return out
 
 
@@ -79,7 +97,7 @@ def predicted_labels(item: dict, extractor, mode: str, uncertain: str = "positiv
     else:
         extraction = extractor.from_text(item["text"])
     labels = evidence_to_labels(extraction.evidence, LabelOptions(uncertain=uncertain))
-    return {row_key(*key): values for key, (values, _) in labels.items()}
+    return {row_key(*key): {**row.values, "absent": int(row.absent)} for key, row in labels.items()}
 
 
 def score(items: list[dict], extractor, mode: str) -> dict[str, tuple[int, int, int]]:

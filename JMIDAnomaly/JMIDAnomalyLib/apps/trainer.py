@@ -35,6 +35,20 @@ class TrainerLogic:
         )
         return label_reports(reports, out, options, progress=progress)
 
+    def explain_labels(
+        self,
+        reports: str | os.PathLike,
+        case_id: str,
+        uncertain: str = "positive",
+        unmentioned: str = "normal",
+        taxonomy: str | None = None,
+    ) -> list[str]:
+        """``jmid labels --explain CASE``: why each label of one case was set."""
+        from JMIDAnomalyLib.labels.labeling import LabelOptions, explain
+
+        options = LabelOptions(uncertain=uncertain, unmentioned=unmentioned, taxonomy=taxonomy)
+        return explain(reports, case_id, options)
+
     def build_crop_cache(self, config, progress: Progress | None = None) -> dict:
         """Crop every labelled case of ``config`` (a
         :class:`~JMIDAnomalyLib.training.config.TrainConfig` or its

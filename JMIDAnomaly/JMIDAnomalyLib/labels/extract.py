@@ -16,42 +16,29 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from JMIDAnomalyLib.common.organs import ORGANS, SIDED_ORGANS
-from JMIDAnomalyLib.labels.taxonomy import (
-    ALL_ORGANS,
-    CUE_ASSERTION,
-    CUE_NEGATION,
-    CUE_UNCERTAIN,
-    CUE_UNCERTAIN_NEGATION,
-    Taxonomy,
-    normalize,
+from JMIDAnomalyLib.labels.clauses import (
+    HISTORY,
+    NEGATIVE,
+    POSITIVE,
+    REMOVED,
+    UNCERTAIN,
+    Reading,
+    is_english,
+    nearest_group,
+    organ_knows,
+    read_clause,
+    removals,
+    sections,
+    sentence_spans,
+    side_before,
+    split_clauses,
 )
+from JMIDAnomalyLib.labels.taxonomy import ALL_ORGANS, OTHER_ANATOMY, Taxonomy, normalize
 
-POSITIVE, UNCERTAIN, NEGATIVE = 1, 0, -1
+__all__ = ["HISTORY", "NEGATIVE", "POSITIVE", "REMOVED", "UNCERTAIN", "Evidence", "Extractor"]
+
 # certainty_level names -> score, for exports that give a level without a score.
 CERTAINTY_LEVELS = {"denial": 0, "unlikely": 1, "possible": 2, "likely": 3, "definitive": 4}
-
-_SENTENCE_END = re.compile(r"(?<=[。！？!?．])|\n+|(?<=\.)\s+(?=[a-zA-Z(])")
-_CLAUSE_SPLIT_JA = re.compile(
-    r"(?:(?<=あり)|(?<=おり)|(?<=認め)|(?<=られ)|(?<=ており)|(?<=であり)|(?<=が)|(?<=ものの)"
-    r"|(?<=ですが)|(?<=ず)|(?<=し))、|[;；]"
-)
-_CLAUSE_SPLIT_EN = re.compile(
-    r";|\s+but\s+|,?\s+however,?\s+|\s+although\s+|\s+whereas\s+|,\s*except\s+"
-    r"|,\s*(?=(?:no|without|possibly|probably|likely|suspicious|suspected|which|not)\b)"
-    r"|\s+and\s+(?=(?:no|without)\b)|\s+(?=(?:without|with no)\b)"
-)
-_SIDE_BEFORE = re.compile(r"(右|左|両側|両|right|left|bilateral|both)[\s-]*(?:\w+\s+)?$")
-_SIDE_WORDS = {
-    "右": "right",
-    "左": "left",
-    "両側": "both",
-    "両": "both",
-    "right": "right",
-    "left": "left",
-    "bilateral": "both",
-    "both": "both",
-}
-_JAPANESE = re.compile(r"[\u3040-\u30ff\u4e00-\u9fff]")
 _LIST_JOINERS = re.compile(r"^(?:[\s、,・/]|と|及び|および|や|and|or|the|of|both)*$")
 
 
@@ -63,8 +50,11 @@ class Evidence:
         organ: organ key (``liver`` ...).
         side: ``left``, ``right``, ``both`` or None (unsided organ, or side not stated).
         cls: class key, or None for a mention without a class (a normal statement).
-        polarity: 1 positive, 0 uncertain, -1 negative.
+        polarity: 1 positive, 0 uncertain, -1 negative, -2 history (past, not present now),
+            -3 removed (the organ was taken out; ``cls`` is None).
         source: the sentence or entity that produced it.
+        cue: the cue that decided the polarity (``negation: 認めません``, ``history: 既往``,
+            ``comparison: 著変なし (unchanged)``), or "" for a plain statement.
     """
 
     organ: str
@@ -72,6 +62,7 @@ class Evidence:
     cls: str | None
     polarity: int
     source: str
+    cue: str = ""
 
 
 @dataclass
@@ -83,57 +74,23 @@ class Extraction:
     unassigned: int = 0  # finding words with no organ
 
 
-def split_sentences(text: str) -> list[str]:
-    """The sentences of a report (Japanese and English sentence ends, line breaks)."""
-    return [text[a:b] for a, b in sentence_spans(text)]
-
-
-def sentence_spans(text: str) -> list[tuple[int, int]]:
-    """(start, end) character spans of the sentences of ``text``, stripped of white space."""
-    spans, start = [], 0
-    for match in _SENTENCE_END.finditer(text):
-        spans.append((start, match.start()))
-        start = match.end()
-    spans.append((start, len(text)))
-    out = []
-    for a, b in spans:
-        while a < b and text[a].isspace():
-            a += 1
-        while b > a and text[b - 1].isspace():
-            b -= 1
-        if b > a:
-            out.append((a, b))
-    return out
-
-
-def _entity_sentence(entity: dict, text: str, spans: list[tuple[int, int]]) -> str | None:
-    """The report sentence an entity came from: J-MID token indices are character offsets."""
+def _entity_start(entity: dict, text: str) -> int | None:
+    """Where an entity starts in the report text: J-MID token indices are character offsets
+    (checked against the tokens; else the first occurrence of its surface)."""
     start, end = entity.get("start_idx"), entity.get("end_idx")
     tokens = entity.get("tokens")
     if isinstance(start, int) and isinstance(end, int) and isinstance(tokens, list):
-        if text[start : end + 1] != "".join(map(str, tokens)):
-            start = text.find(str(entity.get("surface_name") or "\0"))
-    else:
-        start = text.find(str(entity.get("surface_name") or "\0"))
-    if start is None or start < 0:
-        return None
-    return next((text[a:b] for a, b in spans if a <= start < b), None)
+        if text[start : end + 1] == "".join(map(str, tokens)):
+            return start
+    start = text.find(str(entity.get("surface_name") or "\0"))
+    return start if start >= 0 else None
 
 
-def _clause_cues(clause: str, taxonomy: Taxonomy) -> tuple[int, bool]:
-    """(polarity, has an assertion cue): "cannot be excluded" is uncertain, then negation wins,
-    then uncertainty; otherwise the clause states its findings as present."""
-    kinds = taxonomy.cue_kinds
-    found = {kinds[index] for _, _, index in taxonomy.cue_matcher.find(clause)}
-    if CUE_UNCERTAIN_NEGATION in found:
-        polarity = UNCERTAIN
-    elif CUE_NEGATION in found:
-        polarity = NEGATIVE
-    elif CUE_UNCERTAIN in found:
-        polarity = UNCERTAIN
-    else:
-        polarity = POSITIVE
-    return polarity, CUE_ASSERTION in found
+def _certainty_cue(polarity: int, level: str, reading: Reading | None) -> str:
+    """The cue of a structured finding: its certainty, or the comparison its sentence makes."""
+    if polarity != POSITIVE:
+        return f"certainty: {level}"
+    return reading.cue if reading is not None and reading.change else ""
 
 
 def _score_polarity(score, level) -> int:
@@ -158,6 +115,8 @@ class Extractor:
     def _targets(self, organ: str, side: str | None) -> Iterable[tuple[str, str | None]]:
         if organ == ALL_ORGANS:
             return [(o, "both" if o in ("kidney", "adrenal") else None) for o in ORGANS]
+        if organ == OTHER_ANATOMY:
+            return []
         return [(organ, side)]
 
     def _class_for(self, term: str, organ: str, out: Extraction) -> str | None:
@@ -173,76 +132,120 @@ class Extractor:
 
     # -- free text -----------------------------------------------------------------------
     def from_text(self, text: str, out: Extraction | None = None) -> Extraction:
-        """Findings from free text, sentence by sentence and clause by clause."""
+        """Findings from free text: section by section (technique and comparison sections are
+        skipped, history and indication sections give history only), sentence by sentence and
+        clause by clause. A finding with no organ in its clause goes to the organ last named
+        in its section."""
         out = out or Extraction()
-        for sentence in split_sentences(text):
-            self._sentence(sentence, out)
+        for kind, start, end in sections(text):
+            if kind == "other":
+                continue
+            carry: list | None = None
+            for a, b in sentence_spans(text, start, end):
+                carry = self._sentence(text[a:b], kind, carry, out)
         return out
 
-    def _sentence(self, sentence: str, out: Extraction) -> None:
+    def _sentence(self, sentence: str, section: str, carry, out: Extraction):
         tax = self.taxonomy
         norm = normalize(sentence)
-        english = _JAPANESE.search(norm) is None
-        clauses = (_CLAUSE_SPLIT_EN if english else _CLAUSE_SPLIT_JA).split(
-            norm
-        )  # language-specific
-        carry: list[tuple[str, str | None]] | None = None
-        for clause in clauses:
-            if not clause or not clause.strip():
-                continue
-            polarity, asserted = _clause_cues(clause, tax)
+        english = is_english(norm)
+        recent: list = [carry] if carry else []  # organs named so far, for a diagnosis's side
+        for _, clause in split_clauses(norm):
+            reading = read_clause(clause, tax, section)
             groups = self._organ_groups(clause)
+            for organ, side, word in removals(clause, groups, tax):
+                out.evidence.append(
+                    Evidence(organ, side, None, REMOVED, sentence, f"removal: {word}")
+                )
             findings = list(tax.finding_matcher.find(clause))
-            bound: set[int] = set()
-            for start, end, index in findings:
-                term = tax.finding_terms[index]
-                if term in tax.implied:
-                    organ, side, cls = tax.implied[term]
-                    if side is None and organ in SIDED_ORGANS:
-                        side = self._implied_side(clause, start, organ, groups, carry)
-                    for target in self._targets(organ, side):
-                        out.evidence.append(Evidence(*target, cls, polarity, sentence))
-                    continue
-                normal = term in tax.normal_terms
-                group_index = self._nearest(groups, start, end, allow_all=normal or polarity < 0)
-                if group_index is None:
-                    if carry and not normal:
-                        targets = carry
-                    else:
-                        out.unassigned += 0 if normal else 1
-                        continue
-                else:
-                    bound.add(group_index)
-                    targets = groups[group_index][2]
-                for organ, side in targets:
-                    cls = None if normal else self._class_for(term, organ, out)
-                    out.evidence.append(
-                        Evidence(organ, side, cls, NEGATIVE if normal else polarity, sentence)
-                    )
-            for i, (_, _, targets, is_all) in enumerate(groups):
-                if i in bound:
-                    continue
-                unexplained = polarity == POSITIVE and not findings and asserted
-                for organ, side in targets:
-                    if unexplained and not is_all:
-                        out.unmapped.append(f"{organ}:{clause.strip()[:40]}")
-                        out.evidence.append(
-                            Evidence(organ, side, "other_abnormality", polarity, sentence)
-                        )
-                    else:
-                        out.evidence.append(Evidence(organ, side, None, NEGATIVE, sentence))
-            real = [g for g in groups if not g[3]]
+            context = (carry, recent)
+            bound = self._findings(
+                clause, english, findings, groups, context, reading, sentence, out
+            )
+            self._mentions(clause, findings, groups, bound, reading, sentence, out)
+            real = [g[2] for g in groups if g[2] and not g[3]]
             if real:
-                carry = real[-1][2]
+                carry = real[-1]
+                recent += real
+        return carry
+
+    def _findings(self, clause, english, findings, groups, context, reading, sentence, out):
+        """Evidence of each finding word of a clause; returns the organ groups it bound."""
+        tax = self.taxonomy
+        carry, recent = context
+        bound: set[int] = set()
+        named: list = []  # organs the clause's diagnoses name (calcified gallstone)
+        for start, _, index in findings:
+            term = tax.finding_terms[index]
+            if term in tax.implied:
+                organ, side, cls = tax.implied[term]
+                if side is None and organ in SIDED_ORGANS:
+                    side = self._implied_side(clause, start, organ, groups, recent)
+                named += [t for t in self._targets(organ, side) if t not in named]
+        for start, end, index in findings:
+            term = tax.finding_terms[index]
+            if term in tax.implied:
+                organ, side, cls = tax.implied[term]
+                if side is None and organ in SIDED_ORGANS:
+                    side = self._implied_side(clause, start, organ, groups, recent)
+                for target in self._targets(organ, side):
+                    out.evidence.append(
+                        Evidence(*target, cls, reading.polarity, sentence, reading.cue)
+                    )
+                continue
+            normal = term in tax.normal_terms
+            allow_all = normal or reading.polarity < 0
+            group_index = nearest_group(groups, clause, start, end, allow_all, english)
+            if group_index is None:
+                if (named or carry) and not normal:
+                    targets = named or carry
+                else:
+                    out.unassigned += 0 if normal or carry is not None else 1
+                    continue
+            else:
+                bound.add(group_index)
+                targets = groups[group_index][2]
+            known = [t for t in targets if term in tax.implied or organ_knows(tax, term, t[0])]
+            for organ, side in known if len(targets) > 1 and known else targets:
+                cls = None if normal else self._class_for(term, organ, out)
+                polarity = NEGATIVE if normal else reading.polarity
+                out.evidence.append(Evidence(organ, side, cls, polarity, sentence, reading.cue))
+        return bound
+
+    def _mentions(self, clause, findings, groups, bound, reading: Reading, sentence, out):
+        """Organs a clause names without a finding word: normal, or other_abnormality when the
+        clause asserts something there in words the tables do not know (a non-organ mention,
+        腹水 or lymph nodes, explains the assertion instead)."""
+        other = any(not targets and not is_all for _, _, targets, is_all in groups)
+        unexplained = (
+            reading.polarity == POSITIVE
+            and not findings
+            and reading.asserted
+            and reading.change != "unchanged"
+        )
+        for i, (_, _, targets, is_all) in enumerate(groups):
+            if i in bound:
+                continue
+            for organ, side in targets:
+                if unexplained and not is_all and not other:
+                    out.unmapped.append(f"{organ}:{clause.strip()[:40]}")
+                    out.evidence.append(
+                        Evidence(organ, side, "other_abnormality", POSITIVE, sentence, reading.cue)
+                    )
+                else:
+                    out.evidence.append(
+                        Evidence(organ, side, None, NEGATIVE, sentence, reading.cue)
+                    )
 
     @staticmethod
-    def _implied_side(clause: str, start: int, organ: str, groups, carry) -> str | None:
+    def _implied_side(clause: str, start: int, organ: str, groups, recent) -> str | None:
         """Side of a diagnosis that names a sided organ (右水腎症, left adrenal myelolipoma):
-        a side word just before it, else the side of that organ mentioned in the clause."""
-        before = _SIDE_BEFORE.search(clause[max(0, start - 12) : start])
-        if before:
-            return _SIDE_WORDS[before.group(1)]
-        candidates = [g[2] for g in groups] + ([carry] if carry else [])
+        a side word just before it, else the side of that organ named in the clause, else
+        the one named last before it in the sentence."""
+        side = side_before(clause, start)
+        if side:
+            return side
+        candidates = [g[2] for g in groups] + list(reversed(recent))
         for targets in candidates:
             sides = {side for o, side in targets if o == organ and side in ("left", "right")}
             if len(sides) == 1:
@@ -251,7 +254,8 @@ class Extractor:
 
     def _organ_groups(self, clause: str) -> list[tuple[int, int, list, bool]]:
         """Organ mentions as (start, end, targets, is_abdomen), merged when only list words
-        (、, と, and, or) stand between them. An "abdomen" mention stays a group of its own."""
+        (、, と, and, or) stand between them. An "abdomen" mention stays a group of its own;
+        a non-organ mention (stomach, lymph nodes) is a group without targets."""
         tax = self.taxonomy
         groups: list[tuple[int, int, list, bool]] = []
         for start, end, index in tax.anatomy_matcher.find(clause):
@@ -261,6 +265,8 @@ class Extractor:
             previous = groups[-1] if groups else None
             if (
                 previous
+                and targets
+                and previous[2]
                 and not is_all
                 and not previous[3]
                 and _LIST_JOINERS.match(clause[previous[1] : start])
@@ -270,18 +276,6 @@ class Extractor:
             else:
                 groups.append((start, end, targets, is_all))
         return groups
-
-    @staticmethod
-    def _nearest(groups, start: int, end: int, allow_all: bool) -> int | None:
-        """The group closest to a finding word; "abdomen" groups only for normal statements."""
-        best, best_distance = None, None
-        for i, (g_start, g_end, _, is_all) in enumerate(groups):
-            if is_all and not allow_all:
-                continue
-            distance = max(0, start - g_end, g_start - end)
-            if best_distance is None or distance < best_distance:
-                best, best_distance = i, distance
-        return best
 
     # -- structured ----------------------------------------------------------------------
     def from_entities(
@@ -295,15 +289,34 @@ class Extractor:
         """
         out = out or Extraction()
         spans = sentence_spans(text) if text else []
+        parts = sections(text) if text else []
         for entity in entities:
             if not isinstance(entity, dict):
                 continue
             if entity.get("type") not in ("Imaging_observation", "Clinical_finding"):
                 continue
-            self._entity(entity, out, _entity_sentence(entity, text, spans) if text else None)
+            self._entity(entity, out, *self._context(entity, text, spans, parts))
         return out
 
-    def _entity(self, entity: dict, out: Extraction, sentence: str | None = None) -> None:
+    def _context(self, entity: dict, text: str, spans, parts) -> tuple[str | None, Reading | None]:
+        """The sentence an entity came from and what its clause's cues say (history, in a
+        history section or after 既往 / status post, overrides the entity's certainty)."""
+        start = _entity_start(entity, text) if text else None
+        if start is None:
+            return None, None
+        span = next(((a, b) for a, b in spans if a <= start < b), None)
+        if span is None:
+            return None, None
+        sentence = text[span[0] : span[1]]
+        section = next((kind for kind, a, b in parts if a <= start < b), "findings")
+        offset = len(normalize(text[span[0] : start]))
+        clauses = split_clauses(normalize(sentence))
+        clause = next((c for o, c in reversed(clauses) if o <= offset), sentence)
+        return sentence, read_clause(clause, self.taxonomy, section)
+
+    def _entity(
+        self, entity: dict, out: Extraction, sentence: str | None, reading: Reading | None
+    ) -> None:
         tax = self.taxonomy
         modifiers = [m for m in entity.get("modifiers") or [] if isinstance(m, dict)]
         anatomy = [
@@ -316,9 +329,11 @@ class Extractor:
         level = entity.get("certainty_level") or "definitive"
         source = sentence or f"{surface} [{'、'.join(anatomy) or '-'}; {level}]"
         targets: list[tuple[str, str | None]] = []
+        where: dict[tuple[str, str | None], str] = {}  # target -> the anatomy words naming it
         for part in anatomy:
             for _, _, index in tax.anatomy_matcher.find(normalize(part)):
                 for target in self._targets(*tax.anatomy[tax.anatomy_terms[index]]):
+                    where[target] = where.get(target, "") + normalize(part)
                     if target not in targets:
                         targets.append(target)
         diagnoses = [(surface, polarity)] + [
@@ -342,14 +357,23 @@ class Extractor:
                     organ, side = tax.anatomy[tax.anatomy_terms[index]]
                     if organ != ALL_ORGANS:
                         targets += [t for t in self._targets(organ, side) if t not in targets]
+        prefix = "".join(normalize(a) for a in anatomy)
+        whole = prefix + normalize(surface)
+        removed = removals(whole, self._organ_groups(whole), tax)
+        for organ, side, word in removed:
+            out.evidence.append(Evidence(organ, side, None, REMOVED, source, f"removal: {word}"))
+        if removed:
+            return
         if not targets:
             out.unassigned += 1
             return
-        prefix = "".join(normalize(a) for a in anatomy)
+        history = reading is not None and reading.polarity == HISTORY
         for name, name_polarity in diagnoses:
-            norm = prefix + normalize(name)
-            terms = [tax.finding_terms[i] for _, _, i in tax.finding_matcher.find(norm)]
             for organ, side in targets:
+                # each organ reads the finding with its own anatomy words (総胆管 + 拡張 is a
+                # bile duct dilation, 主膵管 + 拡張 a pancreatic duct dilation)
+                norm = where.get((organ, side), prefix) + normalize(name)
+                terms = [tax.finding_terms[i] for _, _, i in tax.finding_matcher.find(norm)]
                 classes = {self._class_for(t, organ, out) for t in terms if self._applies(t, organ)}
                 if not classes and name is surface:
                     if name_polarity == NEGATIVE:
@@ -359,7 +383,11 @@ class Extractor:
                         classes = {"other_abnormality"}
                 for cls in classes:
                     polarity_here = NEGATIVE if cls is None else name_polarity
-                    out.evidence.append(Evidence(organ, side, cls, polarity_here, source))
+                    if history:
+                        polarity_here, cue = HISTORY, reading.cue
+                    else:
+                        cue = _certainty_cue(polarity_here, level, reading)
+                    out.evidence.append(Evidence(organ, side, cls, polarity_here, source, cue))
 
     def _applies(self, term: str, organ: str) -> bool:
         implied = self.taxonomy.implied.get(term)

@@ -8,6 +8,9 @@ Rules (README "Labels from reports"):
 - An organ the report never mentions follows ``unmentioned``: normal (default, as the published
   system: nofinding = 1) or unknown (all cells empty).
 - Kidney and adrenal rows are per side; a statement without a side applies to both.
+- Past findings (既往, history of) are not present findings; an organ the report says was
+  removed (胆嚢摘出術後, status post right nephrectomy) is absent: ``absent`` = 1 and every class
+  cell empty (neither abnormal nor normal).
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from JMIDAnomalyLib.common.atomic import atomic_output
 from JMIDAnomalyLib.common.errors import InputError, JMIDError, check_known_keys
 from JMIDAnomalyLib.common.organs import ORGAN_CLASSES, ORGANS, SIDED_ORGANS
 from JMIDAnomalyLib.common.progress import Progress, ShouldStop
+from JMIDAnomalyLib.labels.audit import RowLabels, entry, explain_lines
 from JMIDAnomalyLib.labels.extract import (
-    NEGATIVE,
     POSITIVE,
+    REMOVED,
     UNCERTAIN,
     Evidence,
     Extraction,
@@ -44,7 +48,7 @@ ORGAN_ROWS: tuple[tuple[str, str | None], ...] = tuple(
     for organ in ORGANS
     for side in (("left", "right") if organ in SIDED_ORGANS else (None,))
 )
-Labels = dict[tuple[str, str | None], tuple[dict[str, int | None], dict[str, str]]]
+Labels = dict[tuple[str, str | None], RowLabels]
 
 
 @dataclass
@@ -78,45 +82,53 @@ class LabelOptions:
 
 
 def evidence_to_labels(evidence: list[Evidence], options: LabelOptions) -> Labels:
-    """Per (organ, side): class -> 1 / 0 / None (unknown), and class -> evidence text."""
-    best: dict[tuple[str, str | None], dict[str, int]] = {}
-    sources: dict[tuple[str, str | None], dict[str, str]] = {}
-    mentioned: set[tuple[str, str | None]] = set()
+    """Per (organ, side): class -> 1 / 0 / None (unknown), the evidence entries, absent."""
+    best: dict[tuple[str, str | None], dict[str, Evidence]] = {}
+    normal: dict[tuple[str, str | None], Evidence] = {}
+    removed: dict[tuple[str, str | None], Evidence] = {}
     for e in evidence:
         if e.organ in SIDED_ORGANS:
             sides = (e.side,) if e.side in ("left", "right") else ("left", "right")
         else:
             sides = (None,)
-        for side in sides:
-            key = (e.organ, side)
-            mentioned.add(key)
-            if e.cls is None or e.cls == "nofinding":
-                continue
-            states = best.setdefault(key, {})
-            if e.polarity > states.get(e.cls, NEGATIVE - 1):
-                states[e.cls] = e.polarity
-                if e.polarity >= UNCERTAIN:
-                    tag = "" if e.polarity == POSITIVE else " (uncertain)"
-                    sources.setdefault(key, {})[e.cls] = e.source + tag
+        for key in ((e.organ, side) for side in sides):
+            if e.polarity == REMOVED:
+                removed.setdefault(key, e)
+            elif e.cls is None or e.cls == "nofinding":
+                normal.setdefault(key, e)
+            else:
+                states = best.setdefault(key, {})
+                if e.cls not in states or e.polarity > states[e.cls].polarity:
+                    states[e.cls] = e
     uncertain_value = {"positive": 1, "negative": 0, "ignore": None}[options.uncertain]
     labels: Labels = {}
     for key in ORGAN_ROWS:
         classes = ORGAN_CLASSES[key[0]]
-        if key not in mentioned:
-            normal = options.unmentioned == "normal"
-            values = {c: (0 if normal else None) for c in classes}
-            values["nofinding"] = 1 if normal else None
-            labels[key] = (values, {})
+        if key in removed:
+            e = removed[key]
+            labels[key] = RowLabels(
+                dict.fromkeys(classes), [entry("", REMOVED, e.source, e.cue)], True
+            )
             continue
         states = best.get(key, {})
+        if key not in normal and not states:
+            known = options.unmentioned == "normal"
+            values = {c: (0 if known else None) for c in classes}
+            values["nofinding"] = 1 if known else None
+            labels[key] = RowLabels(values, [])
+            continue
         values: dict[str, int | None] = {}
         for cls in classes[:-1]:
-            state = states.get(cls)
+            state = states[cls].polarity if cls in states else None
             values[cls] = 1 if state == POSITIVE else uncertain_value if state == UNCERTAIN else 0
         abnormal = list(values.values())
         values["nofinding"] = 0 if 1 in abnormal else (None if None in abnormal else 1)
-        kept = {c: s for c, s in sources.get(key, {}).items() if values.get(c) == 1}
-        labels[key] = (values, kept)
+        decided = sorted(states.items(), key=lambda item: -item[1].polarity)
+        notes = [entry(c, e.polarity, e.source, e.cue) for c, e in decided]
+        if values["nofinding"] == 1 and key in normal:
+            e = normal[key]
+            notes.append(entry("nofinding", POSITIVE, e.source, e.cue))
+        labels[key] = RowLabels(values, notes)
     return labels
 
 
@@ -132,15 +144,22 @@ class _OrganWriters:
             handle = context.__enter__().open("w", encoding="utf-8", newline="")
             self._files[organ] = handle
             writer = csv.writer(handle, lineterminator="\n")
-            writer.writerow(["case_id", "patient_id", "side", *ORGAN_CLASSES[organ], "evidence"])
+            header = ["case_id", "patient_id", "side", *ORGAN_CLASSES[organ], "absent", "evidence"]
+            writer.writerow(header)
             self._writers[organ] = writer
 
     def write(self, report: Report, labels: Labels) -> None:
-        for (organ, side), (values, sources) in labels.items():
-            evidence = " | ".join(f"{c}: {s}" for c, s in sources.items())
-            cells = ["" if v is None else v for v in values.values()]
+        for (organ, side), row in labels.items():
+            cells = ["" if v is None else v for v in row.values.values()]
             self._writers[organ].writerow(
-                [report.case_id, report.patient_id, side or "", *cells, evidence]
+                [
+                    report.case_id,
+                    report.patient_id,
+                    side or "",
+                    *cells,
+                    int(row.absent),
+                    " | ".join(row.evidence),
+                ]
             )
 
     def close(self, ok: bool) -> None:
@@ -238,7 +257,7 @@ class _Tally:
             self.problems.append(
                 {"row": item.row, "case_id": item.case_id, "problem": item.problem}
             )
-        extraction = _extract(extractor, item)
+        extraction = extract_report(extractor, item)
         labels = evidence_to_labels(extraction.evidence, options)
         if options.crosscheck and item.entities is not None and item.text.strip():
             self._crosscheck(
@@ -247,9 +266,12 @@ class _Tally:
         self.labelled += 1
         self.unassigned += extraction.unassigned
         self.unmapped.update(extraction.unmapped)
-        for (organ, _), (values, _) in labels.items():
+        for (organ, _), row in labels.items():
             organ_counts = self.counts[organ]
-            for cls, value in values.items():
+            if row.absent:
+                organ_counts["absent"] += 1
+                continue
+            for cls, value in row.values.items():
                 if value == 1:
                     organ_counts[cls] += 1
                 elif value is None:
@@ -259,12 +281,14 @@ class _Tally:
     def _crosscheck(self, labels: Labels, text_labels: Labels) -> None:
         """Count the cells where the structured findings and the free text disagree."""
         self.compared += 1
-        for key, (values, _) in labels.items():
-            other = text_labels[key][0]
-            if values == other:
+        for key, row in labels.items():
+            other = text_labels[key]
+            if row.values == other.values and row.absent == other.absent:
                 continue
-            for cls, value in values.items():
-                if value != other[cls]:
+            if row.absent != other.absent:
+                self.disagreements[f"{key[0]}{'_' + key[1] if key[1] else ''}.absent"] += 1
+            for cls, value in row.values.items():
+                if value != other.values[cls]:
                     self.disagreements[f"{key[0]}{'_' + key[1] if key[1] else ''}.{cls}"] += 1
 
     def summary(self, reports, options: LabelOptions, extractor: Extractor, out: Path) -> dict:
@@ -298,8 +322,25 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _extract(extractor: Extractor, report: Report) -> Extraction:
+def extract_report(extractor: Extractor, report: Report) -> Extraction:
     """Structured findings when present, else the free text."""
     if report.entities is not None:
         return extractor.from_entities(report.entities, report.text)
     return extractor.from_text(report.text)
+
+
+def explain(reports: str | os.PathLike, case_id: str, options: LabelOptions) -> list[str]:
+    """``jmid labels --explain CASE``: read ``reports`` up to that case and say why each label
+    was set (the sentence and the deciding cue of every class with evidence).
+
+    Raises:
+        InputError: unreadable input, or the case is not in it.
+    """
+    extractor = Extractor(Taxonomy.load(options.taxonomy))
+    for item in read_reports(reports, []):
+        if isinstance(item, Report) and item.case_id == case_id:
+            extraction = extract_report(extractor, item)
+            mode = "structured findings" if item.entities is not None else "free text"
+            labels = evidence_to_labels(extraction.evidence, options)
+            return explain_lines(item, labels, extraction, mode)
+    raise InputError(reports, f"no report for case '{case_id}'")

@@ -21,98 +21,12 @@ from pathlib import Path
 
 from JMIDAnomalyLib.common.errors import InputError
 from JMIDAnomalyLib.common.organs import ORGAN_CLASSES, ORGANS
+from JMIDAnomalyLib.labels.cues import CUES, PROCEDURE_CUES
 
 ALL_ORGANS = "all"
-CUE_UNCERTAIN_NEGATION, CUE_NEGATION, CUE_UNCERTAIN, CUE_ASSERTION = (
-    "uncertain_negation",
-    "negation",
-    "uncertain",
-    "assertion",
-)
-
-NEGATION_CUES_JA = (
-    "認めない",
-    "認めません",
-    "認めず",
-    "認められない",
-    "認められません",
-    "ありません",
-    "はない",
-    "がない",
-    "なし",
-    "無し",
-    "見られない",
-    "みられない",
-    "見られません",
-    "みられません",
-    "指摘できない",
-    "指摘できません",
-    "指摘されない",
-    "見当たらない",
-    "見当たりません",
-    "消失",
-)
-NEGATION_CUES_EN = (
-    "no",
-    "not",
-    "without",
-    "negative for",
-    "absence of",
-    "absent",
-    "free of",
-    "none",
-    "resolved",
-)
-# Negation-looking words that mean "uncertain" ("cannot be excluded"): checked first.
-UNCERTAIN_NEGATION_CUES = (
-    "否定できない",
-    "否定できません",
-    "否定は困難",
-    "否定困難",
-    "除外できない",
-    "除外できません",
-    "cannot exclude",
-    "cannot be excluded",
-    "cannot be ruled out",
-    "cannot rule out",
-    "not excluded",
-    "can not be excluded",
-    "not be ruled out",
-)
-UNCERTAIN_CUES_JA = ("疑い", "疑う", "疑われ", "可能性", "示唆", "鑑別", "かもしれ", "疑診")
-UNCERTAIN_CUES_EN = (
-    "possible",
-    "possibly",
-    "suspicious for",
-    "suspected",
-    "suspect",
-    "questionable",
-    "may represent",
-    "may be",
-    "might",
-    "equivocal",
-    "cannot exclude",
-    "differential",
-)
-ASSERTION_CUES = (
-    "認め",
-    "あり",
-    "見られ",
-    "みられ",
-    "指摘",
-    "存在",
-    "伴う",
-    "seen",
-    "noted",
-    "present",
-    "there is",
-    "there are",
-    "demonstrated",
-    "demonstrates",
-    "identified",
-    "observed",
-    "shows",
-)
+#: Anatomy that is none of the organs (stomach, lymph nodes, aorta, ascites): a finding bound to
+#: it is dropped, so it is not given to the organ named beside it.
+OTHER_ANATOMY = "other"
 
 
 def normalize(text: str) -> str:
@@ -204,15 +118,12 @@ class Taxonomy:
         self.finding_terms = list(dict.fromkeys([*self.keywords, *self.implied]))
         self.finding_matcher = TermMatcher(self.finding_terms)
         # All cues in one matcher (English cues are whole words: "no" is not "nodule").
-        kinds = {
-            CUE_UNCERTAIN_NEGATION: UNCERTAIN_NEGATION_CUES,
-            CUE_NEGATION: NEGATION_CUES_JA + NEGATION_CUES_EN,
-            CUE_UNCERTAIN: UNCERTAIN_CUES_JA + UNCERTAIN_CUES_EN,
-            CUE_ASSERTION: ASSERTION_CUES,
-        }
-        cue_terms = [(normalize(cue), kind) for kind, cues in kinds.items() for cue in cues]
+        cue_terms = [(normalize(cue), kind) for kind, cues in CUES.items() for cue in cues]
         self.cue_kinds = [kind for _, kind in cue_terms]
         self.cue_matcher = TermMatcher([term for term, _ in cue_terms], whole_words=True)
+        procedures = [(normalize(c), k) for k, cues in PROCEDURE_CUES.items() for c in cues]
+        self.procedure_kinds = [kind for _, kind in procedures]
+        self.procedure_matcher = TermMatcher([t for t, _ in procedures], whole_words=True)
         self.normal_terms = {
             term
             for term, organs in self.keywords.items()
@@ -281,7 +192,7 @@ def _rows(text: str, source: str) -> list[dict[str, str]]:
 
 def _check_user_row(row: dict[str, str], path: Path) -> None:
     organ = row.get("organ")
-    if organ not in (*ORGANS, ALL_ORGANS):
+    if organ not in (*ORGANS, ALL_ORGANS, OTHER_ANATOMY):
         raise InputError(path, f"unknown organ '{organ}' (one of {', '.join(ORGANS)})")
     if "class" in row and row["class"] not in ORGAN_CLASSES.get(organ, ()):
         raise InputError(path, f"unknown class '{row['class']}' for {organ}")

@@ -110,6 +110,9 @@ def load_samples(
             continue
         by_side = {crop.side or "": (crop, ref) for crop, ref in crops}
         for row in case_rows:
+            if row.get("absent") == "1":
+                skipped.append({"case_id": case, "side": row["side"], "reason": "organ removed"})
+                continue
             crop, ref = by_side.get(row["side"], (None, None))
             if ref is None:
                 status = crop.status if crop else "absent"

@@ -12,8 +12,11 @@ def _add_labels(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reports", required=True, type=Path, help="J-MID export CSV, JSON Lines, or a folder"
     )
+    parser.add_argument("--out", type=Path, help="output folder for <organ>.csv and summary.json")
     parser.add_argument(
-        "--out", required=True, type=Path, help="output folder for <organ>.csv and summary.json"
+        "--explain",
+        metavar="CASE",
+        help="print why each label of one case was set (sentence and deciding cue); writes nothing",
     )
     parser.add_argument(
         "--taxonomy",
@@ -41,7 +44,21 @@ def _add_labels(parser: argparse.ArgumentParser) -> None:
 
 def _run_labels(args: argparse.Namespace) -> int:
     from JMIDAnomalyLib.apps.trainer import TrainerLogic
+    from JMIDAnomalyLib.common.errors import InputError
     from JMIDAnomalyLib.common.progress import console_progress
+
+    if args.explain:
+        lines = TrainerLogic().explain_labels(
+            args.reports,
+            args.explain,
+            args.uncertain,
+            args.unmentioned,
+            str(args.taxonomy) if args.taxonomy else None,
+        )
+        print("\n".join(lines))
+        return 0
+    if args.out is None:
+        raise InputError("--out", "is required (or --explain CASE)")
 
     summary = TrainerLogic().import_labels(
         args.reports,
