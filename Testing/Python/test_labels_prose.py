@@ -63,50 +63,164 @@ def _rows(text: str, entities=None, **options):
 
 # (construct, text, row, class, expected value, a piece of the evidence entry or None)
 CASES = [
-    ("history", "胆石症の既往があります。胆嚢に異常はありません。", "gallbladder", "gallstone", 0,
-     "past gallstone: 胆石症の既往があります。 [history: 既往]"),
-    ("history", "History of gallstones. The gallbladder is normal.", "gallbladder", "gallstone", 0,
-     "past gallstone: History of gallstones. [history: history of]"),
-    ("history", "【臨床情報】膵癌疑い。\n【所見】膵臓に異常はありません。", "pancreas", "SOL", 0,
-     None),
-    ("history", "INDICATION: Rule out pancreatic cancer.\nFINDINGS: The pancreas is normal.",
-     "pancreas", "SOL", 0, None),
-    ("hedged", "主膵管の拡張は目立ちません。", "pancreas", "pancreatic_duct_dilation", 0,
-     "[negation: 目立ちません]"),
-    ("hedged", "肝内に占拠性病変は明らかではありません。", "liver", "SOL", 0,
-     "[negation: 明らかではありません]"),
-    ("hedged", "膵尾部に腫瘤は同定できません。", "pancreas", "SOL", 0,
-     "[negation: 同定できません]"),
-    ("hedged", "Without evidence of pancreatic duct dilatation.", "pancreas",
-     "pancreatic_duct_dilation", 0, "[negation: without evidence of]"),
-    ("hedged", "No significant hepatic steatosis.", "liver", "fatty_liver", 0,
-     "[negation: no significant]"),
-    ("hedged", "The gallbladder stones are not well seen.", "gallbladder", "gallstone", 0,
-     "[negation: not well seen]"),
-    ("comparison", "肝S6の嚢胞は前回と比較して著変ありません。", "liver", "cyst", 1,
-     "[comparison: 著変ありません (unchanged)]"),
-    ("comparison", "膵体部の嚢胞は前回より増大しています。", "pancreas", "cyst", 1,
-     "[comparison: 増大 (changed)]"),
-    ("comparison", "No interval change in the hepatic cyst.", "liver", "cyst", 1,
-     "[comparison: no interval change (unchanged)]"),
-    ("comparison", "Interval increase in the left adrenal nodule.", "adrenal_left", "SOL", 1,
-     "[comparison: interval increase (changed)]"),
+    (
+        "history",
+        "胆石症の既往があります。胆嚢に異常はありません。",
+        "gallbladder",
+        "gallstone",
+        0,
+        "past gallstone: 胆石症の既往があります。 [history: 既往]",
+    ),
+    (
+        "history",
+        "History of gallstones. The gallbladder is normal.",
+        "gallbladder",
+        "gallstone",
+        0,
+        "past gallstone: History of gallstones. [history: history of]",
+    ),
+    (
+        "history",
+        "【臨床情報】膵癌疑い。\n【所見】膵臓に異常はありません。",
+        "pancreas",
+        "SOL",
+        0,
+        None,
+    ),
+    (
+        "history",
+        "INDICATION: Rule out pancreatic cancer.\nFINDINGS: The pancreas is normal.",
+        "pancreas",
+        "SOL",
+        0,
+        None,
+    ),
+    (
+        "hedged",
+        "主膵管の拡張は目立ちません。",
+        "pancreas",
+        "pancreatic_duct_dilation",
+        0,
+        "[negation: 目立ちません]",
+    ),
+    (
+        "hedged",
+        "肝内に占拠性病変は明らかではありません。",
+        "liver",
+        "SOL",
+        0,
+        "[negation: 明らかではありません]",
+    ),
+    (
+        "hedged",
+        "膵尾部に腫瘤は同定できません。",
+        "pancreas",
+        "SOL",
+        0,
+        "[negation: 同定できません]",
+    ),
+    (
+        "hedged",
+        "Without evidence of pancreatic duct dilatation.",
+        "pancreas",
+        "pancreatic_duct_dilation",
+        0,
+        "[negation: without evidence of]",
+    ),
+    (
+        "hedged",
+        "No significant hepatic steatosis.",
+        "liver",
+        "fatty_liver",
+        0,
+        "[negation: no significant]",
+    ),
+    (
+        "hedged",
+        "The gallbladder stones are not well seen.",
+        "gallbladder",
+        "gallstone",
+        0,
+        "[negation: not well seen]",
+    ),
+    (
+        "comparison",
+        "肝S6の嚢胞は前回と比較して著変ありません。",
+        "liver",
+        "cyst",
+        1,
+        "[comparison: 著変ありません (unchanged)]",
+    ),
+    (
+        "comparison",
+        "膵体部の嚢胞は前回より増大しています。",
+        "pancreas",
+        "cyst",
+        1,
+        "[comparison: 増大 (changed)]",
+    ),
+    (
+        "comparison",
+        "No interval change in the hepatic cyst.",
+        "liver",
+        "cyst",
+        1,
+        "[comparison: no interval change (unchanged)]",
+    ),
+    (
+        "comparison",
+        "Interval increase in the left adrenal nodule.",
+        "adrenal_left",
+        "SOL",
+        1,
+        "[comparison: interval increase (changed)]",
+    ),
     ("resolved", "前回指摘された肝嚢胞は消失しています。", "liver", "cyst", 0, "[negation: 消失]"),
-    ("resolved", "The previously described splenic cyst has resolved.", "spleen", "cyst", 0,
-     "[negation: resolved]"),
+    (
+        "resolved",
+        "The previously described splenic cyst has resolved.",
+        "spleen",
+        "cyst",
+        0,
+        "[negation: resolved]",
+    ),
     ("attribution", "肝門部に腫大したリンパ節を認めます。", "liver", "deformation", 0, None),
-    ("attribution", "Enlarged lymph nodes are seen near the pancreatic head.", "pancreas",
-     "enlargement", 0, None),
+    (
+        "attribution",
+        "Enlarged lymph nodes are seen near the pancreatic head.",
+        "pancreas",
+        "enlargement",
+        0,
+        None,
+    ),
     ("attribution", "肝臓に嚢胞、脾臓に石灰化を認めます。", "spleen", "cyst", 0, None),
-    ("attribution", "A calcified granuloma is noted in the spleen, and the liver has a small cyst.",
-     "liver", "calcification", 0, None),
+    (
+        "attribution",
+        "A calcified granuloma is noted in the spleen, and the liver has a small cyst.",
+        "liver",
+        "calcification",
+        0,
+        None,
+    ),
     ("attribution", "A 6 mm calcified gallstone is seen.", "gallbladder", "gallstone", 1, None),
-    ("attribution", "胆嚢に接する十二指腸壁の肥厚を認めます。", "gallbladder", "wall_thickening", 0,
-     None),
-    ("sections", "Findings: Hepatic cyst in segment 6.\nImpression: Hepatic cyst.", "liver", "cyst",
-     1, "cyst: Hepatic cyst in segment 6."),
+    (
+        "attribution",
+        "胆嚢に接する十二指腸壁の肥厚を認めます。",
+        "gallbladder",
+        "wall_thickening",
+        0,
+        None,
+    ),
+    (
+        "sections",
+        "Findings: Hepatic cyst in segment 6.\nImpression: Hepatic cyst.",
+        "liver",
+        "cyst",
+        1,
+        "cyst: Hepatic cyst in segment 6.",
+    ),
     ("sections", "所見：\n肝S5に嚢胞を認めます。\n診断：\n肝嚢胞", "liver", "cyst", 1, None),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(
@@ -127,15 +241,21 @@ def test_construct(construct, text, row, cls, value, evidence):
         ("右腎部分切除術後です。", [], ["kidney_right"]),
         ("膵頭十二指腸切除術後の状態です。", [], ["pancreas"]),
         ("【既往歴】胆嚢摘出術、虫垂切除術。\n【所見】脂肪肝です。", ["gallbladder"], []),
-        ("Status post right nephrectomy and left adrenalectomy.", ["kidney_right", "adrenal_left"],
-         ["kidney_left", "adrenal_right"]),
+        (
+            "Status post right nephrectomy and left adrenalectomy.",
+            ["kidney_right", "adrenal_left"],
+            ["kidney_left", "adrenal_right"],
+        ),
         ("Status post left partial nephrectomy.", [], ["kidney_left"]),
         ("Status post nephrectomy.", [], ["kidney_left", "kidney_right"]),  # side unknown
-        ("History of pancreatic cancer, status post distal pancreatectomy and splenectomy.",
-         ["spleen"], ["pancreas"]),
+        (
+            "History of pancreatic cancer, status post distal pancreatectomy and splenectomy.",
+            ["spleen"],
+            ["pancreas"],
+        ),
         ("Surgically absent gallbladder.", ["gallbladder"], []),
     ],
-)  # fmt: skip
+)
 def test_removed_organs_are_absent_not_normal(text, absent, present):
     rows = _rows(text)
     for key in absent:
@@ -147,8 +267,12 @@ def test_removed_organs_are_absent_not_normal(text, absent, present):
 
 def test_structured_findings_read_history_and_removal_from_their_sentences():
     text = "胆石症の既往あり、胆嚢摘出術後です。肝嚢胞の既往あり。今回も肝S3に嚢胞を認めます。"
-    entities = [["胆石症", 4, [], []], ["摘出術後", 4, ["胆嚢"], []], ["肝嚢胞", 4, [], []],
-                ["嚢胞", 4, ["肝S3"], []]]  # fmt: skip
+    entities = [
+        ["胆石症", 4, [], []],
+        ["摘出術後", 4, ["胆嚢"], []],
+        ["肝嚢胞", 4, [], []],
+        ["嚢胞", 4, ["肝S3"], []],
+    ]
     rows = _rows(text, entities)
     assert rows["gallbladder"].absent
     assert rows["liver"].values["cyst"] == 1
@@ -163,8 +287,14 @@ def test_label_files_have_the_absent_column_and_explain_prints_the_cues(tmp_path
     with reports.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["file_name", "患者ID", "所見"])
-        writer.writerow(["c1.nii.gz", "p1", "胆嚢摘出術後です。主膵管の拡張は目立ちません。"
-                         "肝S7の嚢胞は前回と比較して著変ありません。"])  # fmt: skip
+        writer.writerow(
+            [
+                "c1.nii.gz",
+                "p1",
+                "胆嚢摘出術後です。主膵管の拡張は目立ちません。"
+                "肝S7の嚢胞は前回と比較して著変ありません。",
+            ]
+        )
         writer.writerow(["c2.nii.gz", "p2", "Status post right nephrectomy. Fatty liver."])
     assert main(["labels", "--reports", str(reports), "--out", str(tmp_path / "labels")]) == 0
     with (tmp_path / "labels" / "gallbladder.csv").open(encoding="utf-8") as f:

@@ -33,12 +33,11 @@ from JMIDAnomalyLib.labels.clauses import (
     side_before,
     split_clauses,
 )
+from JMIDAnomalyLib.labels.entities import certainty_cue, entity_start, score_polarity
 from JMIDAnomalyLib.labels.taxonomy import ALL_ORGANS, OTHER_ANATOMY, Taxonomy, normalize
 
 __all__ = ["HISTORY", "NEGATIVE", "POSITIVE", "REMOVED", "UNCERTAIN", "Evidence", "Extractor"]
 
-# certainty_level names -> score, for exports that give a level without a score.
-CERTAINTY_LEVELS = {"denial": 0, "unlikely": 1, "possible": 2, "likely": 3, "definitive": 4}
 _LIST_JOINERS = re.compile(r"^(?:[\s、,・/]|と|及び|および|や|and|or|the|of|both)*$")
 
 
@@ -72,37 +71,6 @@ class Extraction:
     evidence: list[Evidence] = field(default_factory=list)
     unmapped: list[str] = field(default_factory=list)  # "organ:term" mapped to other_abnormality
     unassigned: int = 0  # finding words with no organ
-
-
-def _entity_start(entity: dict, text: str) -> int | None:
-    """Where an entity starts in the report text: J-MID token indices are character offsets
-    (checked against the tokens; else the first occurrence of its surface)."""
-    start, end = entity.get("start_idx"), entity.get("end_idx")
-    tokens = entity.get("tokens")
-    if isinstance(start, int) and isinstance(end, int) and isinstance(tokens, list):
-        if text[start : end + 1] == "".join(map(str, tokens)):
-            return start
-    start = text.find(str(entity.get("surface_name") or "\0"))
-    return start if start >= 0 else None
-
-
-def _certainty_cue(polarity: int, level: str, reading: Reading | None) -> str:
-    """The cue of a structured finding: its certainty, or the comparison its sentence makes."""
-    if polarity != POSITIVE:
-        return f"certainty: {level}"
-    return reading.cue if reading is not None and reading.change else ""
-
-
-def _score_polarity(score, level) -> int:
-    if score is None or score == "":
-        score = CERTAINTY_LEVELS.get(str(level).lower(), 4) if level else 4
-    try:
-        score = float(score)
-    except (TypeError, ValueError):
-        score = 4.0
-    if score <= 0:
-        return NEGATIVE
-    return POSITIVE if score >= 3 else UNCERTAIN
 
 
 class Extractor:
@@ -301,7 +269,7 @@ class Extractor:
     def _context(self, entity: dict, text: str, spans, parts) -> tuple[str | None, Reading | None]:
         """The sentence an entity came from and what its clause's cues say (history, in a
         history section or after 既往 / status post, overrides the entity's certainty)."""
-        start = _entity_start(entity, text) if text else None
+        start = entity_start(entity, text) if text else None
         if start is None:
             return None, None
         span = next(((a, b) for a, b in spans if a <= start < b), None)
@@ -325,38 +293,18 @@ class Extractor:
             if m.get("type") == "Anatomical_entity"
         ]
         surface = str(entity.get("surface_name") or "")
-        polarity = _score_polarity(entity.get("certainty_score"), entity.get("certainty_level"))
+        polarity = score_polarity(entity.get("certainty_score"), entity.get("certainty_level"))
         level = entity.get("certainty_level") or "definitive"
         source = sentence or f"{surface} [{'、'.join(anatomy) or '-'}; {level}]"
-        targets: list[tuple[str, str | None]] = []
-        where: dict[tuple[str, str | None], str] = {}  # target -> the anatomy words naming it
-        for part in anatomy:
-            for _, _, index in tax.anatomy_matcher.find(normalize(part)):
-                for target in self._targets(*tax.anatomy[tax.anatomy_terms[index]]):
-                    where[target] = where.get(target, "") + normalize(part)
-                    if target not in targets:
-                        targets.append(target)
         diagnoses = [(surface, polarity)] + [
             (
                 str(m.get("surface_name") or ""),
-                _score_polarity(m.get("certainty_score"), m.get("certainty_level")),
+                score_polarity(m.get("certainty_score"), m.get("certainty_level")),
             )
             for m in modifiers
             if m.get("type") == "Clinical_finding"
         ]
-        if not targets:  # the finding itself names the organ (脂肪肝, 脾腫, 膵癌)
-            for name, _ in diagnoses:
-                norm = normalize(name)
-                for _, _, index in tax.finding_matcher.find(norm):
-                    term = tax.finding_terms[index]
-                    if term in tax.implied:
-                        targets += [
-                            t for t in self._targets(*tax.implied[term][:2]) if t not in targets
-                        ]
-                for _, _, index in tax.anatomy_matcher.find(norm):
-                    organ, side = tax.anatomy[tax.anatomy_terms[index]]
-                    if organ != ALL_ORGANS:
-                        targets += [t for t in self._targets(organ, side) if t not in targets]
+        targets, where = self._entity_targets(anatomy, diagnoses)
         prefix = "".join(normalize(a) for a in anatomy)
         whole = prefix + normalize(surface)
         removed = removals(whole, self._organ_groups(whole), tax)
@@ -386,8 +334,36 @@ class Extractor:
                     if history:
                         polarity_here, cue = HISTORY, reading.cue
                     else:
-                        cue = _certainty_cue(polarity_here, level, reading)
+                        cue = certainty_cue(polarity_here, level, reading)
                     out.evidence.append(Evidence(organ, side, cls, polarity_here, source, cue))
+
+    def _entity_targets(self, anatomy: list[str], diagnoses) -> tuple[list, dict]:
+        """The organs an entity's anatomy names (each with the anatomy words naming it), else
+        the organs its diagnoses name (脂肪肝, 脾腫, 膵癌)."""
+        tax = self.taxonomy
+        targets: list[tuple[str, str | None]] = []
+        where: dict[tuple[str, str | None], str] = {}
+        for part in anatomy:
+            for _, _, index in tax.anatomy_matcher.find(normalize(part)):
+                for target in self._targets(*tax.anatomy[tax.anatomy_terms[index]]):
+                    where[target] = where.get(target, "") + normalize(part)
+                    if target not in targets:
+                        targets.append(target)
+        if targets:
+            return targets, where
+        for name, _ in diagnoses:
+            norm = normalize(name)
+            for _, _, index in tax.finding_matcher.find(norm):
+                term = tax.finding_terms[index]
+                if term in tax.implied:
+                    targets += [
+                        t for t in self._targets(*tax.implied[term][:2]) if t not in targets
+                    ]
+            for _, _, index in tax.anatomy_matcher.find(norm):
+                organ, side = tax.anatomy[tax.anatomy_terms[index]]
+                if organ != ALL_ORGANS:
+                    targets += [t for t in self._targets(organ, side) if t not in targets]
+        return targets, where
 
     def _applies(self, term: str, organ: str) -> bool:
         implied = self.taxonomy.implied.get(term)
