@@ -230,7 +230,7 @@ def test_construct(construct, text, row, cls, value, evidence):
     result = _rows(text)[row]
     assert result.values[cls] == value, (text, result)
     if evidence:
-        assert any(evidence in e for e in result.evidence), result.evidence
+        assert any(evidence in e for e in result.entries()), result.entries()
 
 
 @pytest.mark.parametrize(
@@ -260,7 +260,7 @@ def test_removed_organs_are_absent_not_normal(text, absent, present):
     rows = _rows(text)
     for key in absent:
         assert rows[key].absent and set(rows[key].values.values()) == {None}, (text, key)
-        assert rows[key].evidence[0].startswith("removed: "), rows[key].evidence
+        assert rows[key].entries()[0].startswith("removed: "), rows[key].entries()
     for key in present:
         assert not rows[key].absent, (text, key)
 
@@ -276,10 +276,10 @@ def test_structured_findings_read_history_and_removal_from_their_sentences():
     rows = _rows(text, entities)
     assert rows["gallbladder"].absent
     assert rows["liver"].values["cyst"] == 1
-    assert any(e.startswith("cyst: 今回も肝S3") for e in rows["liver"].evidence)
+    assert any(e.startswith("cyst: 今回も肝S3") for e in rows["liver"].entries())
     only_history = _rows("胆石症の既往あり。", [["胆石症", 4, [], []]])["gallbladder"]
     assert only_history.values["gallstone"] == 0 and only_history.values["nofinding"] == 1
-    assert only_history.evidence == ["past gallstone: 胆石症の既往あり。 [history: 既往]"]
+    assert only_history.entries() == ["past gallstone: 胆石症の既往あり。 [history: 既往]"]
 
 
 def test_label_files_have_the_absent_column_and_explain_prints_the_cues(tmp_path, capsys):

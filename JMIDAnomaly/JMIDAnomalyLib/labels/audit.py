@@ -21,12 +21,20 @@ _PREFIX = {POSITIVE: "{}", UNCERTAIN: "{}?", NEGATIVE: "no {}", HISTORY: "past {
 
 
 class RowLabels(NamedTuple):
-    """The labels of one organ row: class -> 1 / 0 / None (unknown), the evidence entries
-    (present ones first), and whether the report says the organ was removed."""
+    """The labels of one organ row: class -> 1 / 0 / None (unknown), the evidence behind them
+    as (class, :class:`~JMIDAnomalyLib.labels.extract.Evidence`), present ones first, and
+    whether the report says the organ was removed."""
 
     values: dict[str, int | None]
-    evidence: list[str]
+    evidence: list
     absent: bool = False
+
+    def entries(self) -> list[str]:
+        """The evidence as the ``evidence`` column's entries (formatted only when written)."""
+        return [
+            entry(cls, POSITIVE if cls == "nofinding" else e.polarity, e.source, e.cue)
+            for cls, e in self.evidence
+        ]
 
 
 def entry(cls: str, polarity: int, source: str, cue: str) -> str:
@@ -47,7 +55,7 @@ def explain_lines(row, labels: dict, extraction, mode: str) -> list[str]:
                 f"{c}={'' if v is None else v}" for c, v in result.values.items() if v != 0
             )
         lines.append(f"  {name:16s} {shown}")
-        lines += [f"      {e}" for e in result.evidence]
+        lines += [f"      {e}" for e in result.entries()]
     if extraction.unmapped:
         lines.append("  unmapped (-> other_abnormality): " + ", ".join(extraction.unmapped))
     return lines

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from JMIDAnomalyLib.common.organs import SIDED_ORGANS
 from JMIDAnomalyLib.labels.cues import (
@@ -112,6 +112,12 @@ def is_english(norm: str) -> bool:
     return _JAPANESE.search(norm) is None
 
 
+def clauses(norm: str) -> list[str]:
+    """The clauses of a normalised sentence, split by its language's clause rules."""
+    splitter = _CLAUSE_SPLIT_EN if is_english(norm) else _CLAUSE_SPLIT_JA
+    return [clause for clause in splitter.split(norm) if clause and not clause.isspace()]
+
+
 def split_clauses(norm: str) -> list[tuple[int, str]]:
     """(offset, clause) of a normalised sentence, split by its language's clause rules."""
     splitter = _CLAUSE_SPLIT_EN if is_english(norm) else _CLAUSE_SPLIT_JA
@@ -123,8 +129,7 @@ def split_clauses(norm: str) -> list[tuple[int, str]]:
     return [(offset, clause) for offset, clause in out if clause.strip()]
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
+class Reading(NamedTuple):
     """What a clause's cues say: its polarity, the deciding cue (``kind: word``, or "" for a
     plain statement), whether it asserts something is seen (or changed), and the change."""
 
@@ -175,8 +180,9 @@ def side_before(clause: str, start: int) -> str | None:
     return SIDE_WORDS[before.group(1)] if before else None
 
 
-def removals(clause: str, groups, taxonomy: Taxonomy) -> list[tuple[str, str | None, str]]:
-    """(organ, side, removal word) for each organ the clause says was taken out entirely.
+def removals(clause: str, organ_groups, taxonomy: Taxonomy) -> list[tuple[str, str | None, str]]:
+    """(organ, side, removal word) for each organ the clause says was taken out entirely;
+    ``organ_groups(clause)`` gives its organ mentions (called only when a removal word is there).
 
     A removal word goes to the nearest organ mention (which may be inside the word:
     cholecystectomy, 胆摘). Not a removal: a partial word just before it (部分切除, partial
@@ -184,10 +190,14 @@ def removals(clause: str, groups, taxonomy: Taxonomy) -> list[tuple[str, str | N
     side is not stated, or a non-organ mention nearer than any organ (虫垂切除, 十二指腸).
     """
     tax = taxonomy
-    out = []
-    for start, end, index in tax.procedure_matcher.find(clause):
-        if tax.procedure_kinds[index] != CUE_REMOVAL:
-            continue
+    out: list[tuple[str, str | None, str]] = []
+    words = [
+        (start, end)
+        for start, end, index in tax.procedure_matcher.find(clause)
+        if tax.procedure_kinds[index] == CUE_REMOVAL
+    ]
+    groups = organ_groups(clause) if words else []
+    for start, end in words:
         word = clause[start:end]
         best = None
         for g_start, g_end, targets, _ in groups:

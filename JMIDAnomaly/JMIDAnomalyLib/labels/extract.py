@@ -23,6 +23,7 @@ from JMIDAnomalyLib.labels.clauses import (
     REMOVED,
     UNCERTAIN,
     Reading,
+    clauses,
     is_english,
     nearest_group,
     organ_knows,
@@ -105,23 +106,27 @@ class Extractor:
         clause by clause. A finding with no organ in its clause goes to the organ last named
         in its section."""
         out = out or Extraction()
+        # one search of the whole report saves a search of each clause for removal words
+        procedures = self.taxonomy.procedure_matcher.regex.search(normalize(text)) is not None
         for kind, start, end in sections(text):
             if kind == "other":
                 continue
             carry: list | None = None
             for a, b in sentence_spans(text, start, end):
-                carry = self._sentence(text[a:b], kind, carry, out)
+                carry = self._sentence(text[a:b], (kind, procedures), carry, out)
         return out
 
-    def _sentence(self, sentence: str, section: str, carry, out: Extraction):
+    def _sentence(self, sentence: str, where: tuple[str, bool], carry, out: Extraction):
+        section, procedures = where
         tax = self.taxonomy
         norm = normalize(sentence)
         english = is_english(norm)
         recent: list = [carry] if carry else []  # organs named so far, for a diagnosis's side
-        for _, clause in split_clauses(norm):
+        for clause in clauses(norm):
             reading = read_clause(clause, tax, section)
             groups = self._organ_groups(clause)
-            for organ, side, word in removals(clause, groups, tax):
+            found = removals(clause, lambda _, g=groups: g, tax) if procedures else []
+            for organ, side, word in found:
                 out.evidence.append(
                     Evidence(organ, side, None, REMOVED, sentence, f"removal: {word}")
                 )
@@ -258,15 +263,24 @@ class Extractor:
         out = out or Extraction()
         spans = sentence_spans(text) if text else []
         parts = sections(text) if text else []
+        # per sentence: its clauses and their readings, computed once; none are needed when
+        # the report has no history section and no history or comparison word
+        cache: dict | None = {}
+        # the report text names every procedure word its entities hold
+        procedures = not text or bool(self.taxonomy.procedure_matcher.regex.search(normalize(text)))
+        if not any(k == "history" for k, _, _ in parts):
+            if not self.taxonomy.context_regex.search(normalize(text)):
+                cache = None
         for entity in entities:
             if not isinstance(entity, dict):
                 continue
             if entity.get("type") not in ("Imaging_observation", "Clinical_finding"):
                 continue
-            self._entity(entity, out, *self._context(entity, text, spans, parts))
+            sentence, reading = self._context(entity, text, spans, parts, cache)
+            self._entity(entity, out, sentence, reading, procedures)
         return out
 
-    def _context(self, entity: dict, text: str, spans, parts) -> tuple[str | None, Reading | None]:
+    def _context(self, entity: dict, text: str, spans, parts, cache: dict | None):
         """The sentence an entity came from and what its clause's cues say (history, in a
         history section or after 既往 / status post, overrides the entity's certainty)."""
         start = entity_start(entity, text) if text else None
@@ -275,15 +289,26 @@ class Extractor:
         span = next(((a, b) for a, b in spans if a <= start < b), None)
         if span is None:
             return None, None
-        sentence = text[span[0] : span[1]]
-        section = next((kind for kind, a, b in parts if a <= start < b), "findings")
+        if cache is None:
+            return text[span[0] : span[1]], None
+        if span not in cache:
+            section = next((kind for kind, a, b in parts if a <= span[0] < b), "findings")
+            clauses = split_clauses(normalize(text[span[0] : span[1]]))
+            cache[span] = (section, clauses, {})
+        section, clauses, readings = cache[span]
         offset = len(normalize(text[span[0] : start]))
-        clauses = split_clauses(normalize(sentence))
-        clause = next((c for o, c in reversed(clauses) if o <= offset), sentence)
-        return sentence, read_clause(clause, self.taxonomy, section)
+        index = next((i for i in range(len(clauses) - 1, -1, -1) if clauses[i][0] <= offset), 0)
+        if index not in readings:
+            readings[index] = read_clause(clauses[index][1], self.taxonomy, section)
+        return text[span[0] : span[1]], readings[index]
 
     def _entity(
-        self, entity: dict, out: Extraction, sentence: str | None, reading: Reading | None
+        self,
+        entity: dict,
+        out: Extraction,
+        sentence: str | None,
+        reading: Reading | None,
+        procedures: bool = True,
     ) -> None:
         tax = self.taxonomy
         modifiers = [m for m in entity.get("modifiers") or [] if isinstance(m, dict)]
@@ -307,7 +332,7 @@ class Extractor:
         targets, where = self._entity_targets(anatomy, diagnoses)
         prefix = "".join(normalize(a) for a in anatomy)
         whole = prefix + normalize(surface)
-        removed = removals(whole, self._organ_groups(whole), tax)
+        removed = removals(whole, self._organ_groups, tax) if procedures else []
         for organ, side, word in removed:
             out.evidence.append(Evidence(organ, side, None, REMOVED, source, f"removal: {word}"))
         if removed:

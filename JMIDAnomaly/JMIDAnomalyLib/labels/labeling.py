@@ -28,7 +28,7 @@ from JMIDAnomalyLib.common.atomic import atomic_output
 from JMIDAnomalyLib.common.errors import InputError, JMIDError, check_known_keys
 from JMIDAnomalyLib.common.organs import ORGAN_CLASSES, ORGANS, SIDED_ORGANS
 from JMIDAnomalyLib.common.progress import Progress, ShouldStop
-from JMIDAnomalyLib.labels.audit import RowLabels, entry, explain_lines
+from JMIDAnomalyLib.labels.audit import RowLabels, explain_lines
 from JMIDAnomalyLib.labels.extract import (
     POSITIVE,
     REMOVED,
@@ -101,33 +101,29 @@ def evidence_to_labels(evidence: list[Evidence], options: LabelOptions) -> Label
                 if e.cls not in states or e.polarity > states[e.cls].polarity:
                     states[e.cls] = e
     uncertain_value = {"positive": 1, "negative": 0, "ignore": None}[options.uncertain]
+    known = options.unmentioned == "normal"
     labels: Labels = {}
     for key in ORGAN_ROWS:
         classes = ORGAN_CLASSES[key[0]]
         if key in removed:
-            e = removed[key]
-            labels[key] = RowLabels(
-                dict.fromkeys(classes), [entry("", REMOVED, e.source, e.cue)], True
-            )
+            labels[key] = RowLabels(dict.fromkeys(classes), [("", removed[key])], True)
             continue
-        states = best.get(key, {})
+        states = best.get(key)
         if key not in normal and not states:
-            known = options.unmentioned == "normal"
-            values = {c: (0 if known else None) for c in classes}
+            values = dict.fromkeys(classes, 0 if known else None)
             values["nofinding"] = 1 if known else None
             labels[key] = RowLabels(values, [])
             continue
+        states = states or {}
         values: dict[str, int | None] = {}
         for cls in classes[:-1]:
             state = states[cls].polarity if cls in states else None
             values[cls] = 1 if state == POSITIVE else uncertain_value if state == UNCERTAIN else 0
         abnormal = list(values.values())
         values["nofinding"] = 0 if 1 in abnormal else (None if None in abnormal else 1)
-        decided = sorted(states.items(), key=lambda item: -item[1].polarity)
-        notes = [entry(c, e.polarity, e.source, e.cue) for c, e in decided]
+        notes = sorted(states.items(), key=lambda item: -item[1].polarity)
         if values["nofinding"] == 1 and key in normal:
-            e = normal[key]
-            notes.append(entry("nofinding", POSITIVE, e.source, e.cue))
+            notes.append(("nofinding", normal[key]))
         labels[key] = RowLabels(values, notes)
     return labels
 
@@ -158,7 +154,7 @@ class _OrganWriters:
                     side or "",
                     *cells,
                     int(row.absent),
-                    " | ".join(row.evidence),
+                    " | ".join(row.entries()),
                 ]
             )
 

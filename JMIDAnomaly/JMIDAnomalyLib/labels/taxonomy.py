@@ -21,7 +21,13 @@ from pathlib import Path
 
 from JMIDAnomalyLib.common.errors import InputError
 from JMIDAnomalyLib.common.organs import ORGAN_CLASSES, ORGANS
-from JMIDAnomalyLib.labels.cues import CUES, PROCEDURE_CUES
+from JMIDAnomalyLib.labels.cues import (
+    CUE_CHANGED,
+    CUE_HISTORY,
+    CUE_UNCHANGED,
+    CUES,
+    PROCEDURE_CUES,
+)
 
 ALL_ORGANS = "all"
 #: Anatomy that is none of the organs (stomach, lymph nodes, aorta, ascites): a finding bound to
@@ -121,6 +127,8 @@ class Taxonomy:
         cue_terms = [(normalize(cue), kind) for kind, cues in CUES.items() for cue in cues]
         self.cue_kinds = [kind for _, kind in cue_terms]
         self.cue_matcher = TermMatcher([term for term, _ in cue_terms], whole_words=True)
+        context = [t for t, k in cue_terms if k in (CUE_HISTORY, CUE_UNCHANGED, CUE_CHANGED)]
+        self.context_regex = TermMatcher(context, whole_words=True).regex
         procedures = [(normalize(c), k) for k, cues in PROCEDURE_CUES.items() for c in cues]
         self.procedure_kinds = [kind for _, kind in procedures]
         self.procedure_matcher = TermMatcher([t for t, _ in procedures], whole_words=True)
