@@ -11,10 +11,12 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -25,6 +27,12 @@ from JMIDAnomalyLib.common.organs import ORGAN_CLASSES
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(os.environ.get("JMID_TEST_ARTIFACTS", REPO / "Testing" / "artifacts"))
+_UPGRADE = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -74,6 +82,8 @@ def review_server(demo_run, jmid_command, tmp_path):
         str(demo / "cohort"),
         "--feedback",
         str(feedback),
+        "--reader",
+        "dr_test",
     ]
     url, process = _serve(command, tmp_path / "review.log")
     yield url, feedback, process
@@ -129,7 +139,16 @@ def _save(name: str, png: bytes) -> None:
 def test_browser_review_reads_a_case_and_marks_a_false_positive(review_server, page, demo_run):
     url, feedback, process = review_server
     _, demo, _ = demo_run
+    base = _base(url)
+    assert page.goto(base).status == 401  # no token: nothing but a sign-in hint
+    assert page.goto(base + "?token=wrong").status == 403
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(base + "ws", headers=_UPGRADE))
+    assert refused.value.code == 401  # and no websocket: no state
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
     page.goto(url)
+    assert page.url == base  # the token left the address bar (it is in a cookie now)
     views = page.locator(".v-main")
     # Load a case from the predictions CSV and analyze it in the background worker.
     page.locator(".v-field:has(#case-select)").click()
@@ -189,6 +208,9 @@ def test_browser_review_reads_a_case_and_marks_a_false_positive(review_server, p
         "heatmap on the gallbladder",
     )
     assert item.split(": ")[1].startswith(f"{mark['case_id']} liver {mark['class']}")
+    assert mark["reader"] == "dr_test"
+    # Patient data stays out of the URLs (and so out of any access log).
+    assert requested and not any(mark["case_id"] in u or "token" in u for u in requested[1:])
     with (demo / "evaluation" / "liver" / "predictions.csv").open(encoding="utf-8") as f:
         predicted = {(r["case_id"], r["class"]): r for r in csv.DictReader(f)}
     source = predicted[(mark["case_id"], mark["class"])]
@@ -204,23 +226,27 @@ def test_browser_review_reads_a_case_and_marks_a_false_positive(review_server, p
 
 
 def _serve(command: list[str], log_path: Path) -> tuple[str, subprocess.Popen]:
-    """Start ``command`` + ``--port P``; returns (url, process) once it answers."""
+    """Start ``command`` + ``--port P``; returns (the sign-in URL it prints, process) once it
+    serves."""
     port = _free_port()
     log = log_path.open("w")
     process = subprocess.Popen(
         [*command, "--port", str(port)], stdout=log, stderr=subprocess.STDOUT
     )
-    url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
     while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return url, process
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail("jmid review did not serve:\n" + log_path.read_text())
-            time.sleep(0.5)
+        printed = re.search(r"JMID review: (\S+)", log_path.read_text())
+        if printed:
+            return printed.group(1), process
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail("jmid review did not serve:\n" + log_path.read_text())
+        time.sleep(0.5)
+
+
+def _base(url: str) -> str:
+    """``http://127.0.0.1:PORT/`` of a sign-in URL."""
+    return url.split("?", 1)[0].removesuffix("login")
 
 
 def test_browser_review_of_one_ct(demo_run, jmid_command, page, tmp_path):
@@ -246,7 +272,7 @@ def test_browser_review_of_one_ct(demo_run, jmid_command, page, tmp_path):
     url, process = _serve(command, tmp_path / "review.log")
     try:
         # Served on 127.0.0.1 only: the machine's other addresses refuse the port.
-        port = int(url.rsplit(":", 1)[1].strip("/"))
+        port = int(_base(url).rsplit(":", 1)[1].strip("/"))
         for address in _own_addresses():
             with pytest.raises(OSError), socket.create_connection((address, port), timeout=2):
                 pass

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 
@@ -53,17 +52,15 @@ def main() -> int:
         str(port),
     ]
     t = time.perf_counter()
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/"
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    url = ""
+    for line in server.stdout:  # the sign-in URL it prints once it serves
+        if line.startswith("JMID review: "):
+            url = line.split(": ", 1)[1].strip()
             break
-        except OSError:
-            if server.poll() is not None:
-                print("jmid review exited", file=sys.stderr)
-                return 1
-            time.sleep(0.2)
+    if not url:
+        print("jmid review exited", file=sys.stderr)
+        return 1
     figures = {"server start (s)": time.perf_counter() - t}
     from playwright.sync_api import sync_playwright
 

@@ -1,14 +1,19 @@
-"""The reader's marks on review items: agree / label wrong / model wrong, with a comment.
+"""The readers' marks on review items: agree / label wrong / model wrong, with a comment.
 
-:class:`FeedbackLog` keeps them in a CSV rewritten atomically after every mark (temporary file,
-fsync, rename): a crash or a kill between two marks loses nothing, and reopening the file
-continues where the reader stopped.
+:class:`FeedbackLog` keeps the marks in a SQLite database in WAL mode beside the feedback CSV
+(``feedback.csv`` -> ``feedback.sqlite``): each mark is one committed transaction, so a crash
+or ``kill -9`` loses no mark that was saved, and several readers (processes or threads) mark
+at the same time without losing one. Every mark records its reader. The CSV is the export,
+rewritten atomically (temporary file, fsync, rename) after every mark, with all readers' marks;
+a CSV from an earlier version (no database yet) is imported on first open.
 """
 
 from __future__ import annotations
 
 import csv
+import getpass
 import os
+import sqlite3
 import time
 from pathlib import Path
 
@@ -29,38 +34,115 @@ FEEDBACK_COLUMNS = [
     "outcome",
     "verdict",
     "comment",
+    "reader",
     "marked_at",
 ]
+_KEY = ("case_id", "organ", "side", "class", "reader")
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS marks ("
+    + ", ".join(f'"{c}" TEXT NOT NULL' for c in FEEDBACK_COLUMNS)
+    + ", PRIMARY KEY ("
+    + ", ".join(f'"{c}"' for c in _KEY)
+    + "))"
+)
+_COLUMNS = ", ".join(f'"{c}"' for c in FEEDBACK_COLUMNS)
+
+
+def default_reader() -> str:
+    """The reader's name when none is given: the login name of this process."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "reader"
 
 
 class FeedbackLog:
-    """The reader's marks, one row per item (a new mark of the same item replaces the old)."""
+    """One reader's marks, one per item (a new mark of the same item replaces the reader's
+    earlier one), in the store shared by all readers.
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    Args:
+        path: the feedback CSV (the export); the database is the same name with ``.sqlite``.
+        reader: who marks (default: the login name).
+
+    Raises:
+        InputError: the CSV or the database cannot be read as feedback.
+    """
+
+    def __init__(self, path: str | os.PathLike, reader: str = "") -> None:
         self.path = Path(path)
-        self.rows: dict[tuple[str, str, str, str], dict] = {}
-        if self.path.exists():
-            try:
-                with self.path.open(encoding="utf-8", newline="") as f:
-                    rows = list(csv.DictReader(f))
-            except (OSError, UnicodeDecodeError) as exc:
-                raise InputError(self.path, f"cannot be read as a feedback CSV ({exc})") from None
+        self.db_path = self.path.with_suffix(".sqlite")
+        self.reader = reader or default_reader()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.db_path.exists()
+        try:
+            self._db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise InputError(
+                self.db_path, f"cannot be used as the feedback store ({exc})"
+            ) from None
+        if new and self.path.exists():
+            self._import_csv()
+
+    def _import_csv(self) -> None:
+        try:
+            with self.path.open(encoding="utf-8", newline="") as f:
+                rows = list(csv.DictReader(f))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(self.path, f"cannot be read as a feedback CSV ({exc})") from None
+        needed = set(FEEDBACK_COLUMNS) - {"reader"}
+        if rows and needed - set(rows[0]):
+            raise InputError(self.path, f"not a feedback CSV: expected {FEEDBACK_COLUMNS}")
+        with self._transaction():
             for row in rows:
-                if set(FEEDBACK_COLUMNS) - set(row):
-                    raise InputError(self.path, f"not a feedback CSV: expected {FEEDBACK_COLUMNS}")
-                self.rows[(row["case_id"], row["organ"], row["side"], row["class"])] = row
+                row.setdefault("reader", "")
+                self._db.execute(
+                    f"INSERT OR REPLACE INTO marks ({_COLUMNS}) VALUES "
+                    f"({', '.join('?' * len(FEEDBACK_COLUMNS))})",
+                    [row[c] or "" for c in FEEDBACK_COLUMNS],
+                )
+
+    def _transaction(self):
+        db = self._db
+
+        class _Transaction:
+            def __enter__(self):
+                db.execute("BEGIN IMMEDIATE")  # the write lock: one writer at a time
+
+            def __exit__(self, kind, exc, tb):
+                db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+        return _Transaction()
+
+    @property
+    def rows(self) -> dict[tuple[str, str, str, str], dict]:
+        """This reader's marks by (case_id, organ, side, class)."""
+        cursor = self._db.execute(f"SELECT {_COLUMNS} FROM marks WHERE reader = ?", [self.reader])
+        out = {}
+        for values in cursor:
+            row = dict(zip(FEEDBACK_COLUMNS, values, strict=True))
+            out[(row["case_id"], row["organ"], row["side"], row["class"])] = row
+        return out
+
+    def all_rows(self) -> list[dict]:
+        """Every reader's marks, in the order they were made."""
+        cursor = self._db.execute(f"SELECT {_COLUMNS} FROM marks ORDER BY rowid")
+        return [dict(zip(FEEDBACK_COLUMNS, values, strict=True)) for values in cursor]
 
     def __len__(self) -> int:
-        return len(self.rows)
+        query = "SELECT COUNT(*) FROM marks WHERE reader = ?"
+        return self._db.execute(query, [self.reader]).fetchone()[0]
 
     def get(self, item: ReviewItem) -> dict | None:
-        """The mark of ``item``, or None when it has none yet."""
+        """This reader's mark of ``item``, or None when it has none yet."""
         return self.rows.get(item.key)
 
     def mark(
         self, item: ReviewItem, verdict: str, comment: str = "", threshold: float = 0.5
     ) -> dict:
-        """Record a verdict and rewrite the file atomically (temporary file, fsync, rename)."""
+        """Record a verdict (one committed transaction), then rewrite the CSV export."""
         if verdict not in VERDICTS:
             raise ValueError(f"unknown verdict {verdict!r}; use {VERDICTS}")
         row = {
@@ -75,15 +157,32 @@ class FeedbackLog:
             "outcome": item.outcome(threshold),
             "verdict": verdict,
             "comment": comment.replace("\r", " ").strip(),
+            "reader": self.reader,
             "marked_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
-        self.rows[item.key] = row
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_output(self.path) as tmp:
-            with tmp.open("w", encoding="utf-8", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=FEEDBACK_COLUMNS)
-                writer.writeheader()
-                writer.writerows(self.rows.values())
-                f.flush()
-                os.fsync(f.fileno())
+        with self._transaction():
+            self._db.execute(
+                f"INSERT OR REPLACE INTO marks ({_COLUMNS}) VALUES "
+                f"({', '.join('?' * len(FEEDBACK_COLUMNS))})",
+                [row[c] for c in FEEDBACK_COLUMNS],
+            )
+        self.export()
         return row
+
+    def export(self) -> Path:
+        """Rewrite the CSV with every reader's marks, atomically, under the write lock (so two
+        readers' exports cannot overwrite each other with an older copy)."""
+        with self._transaction():
+            rows = self.all_rows()
+            with atomic_output(self.path) as tmp:
+                with tmp.open("w", encoding="utf-8", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=FEEDBACK_COLUMNS)
+                    writer.writeheader()
+                    writer.writerows(rows)
+                    f.flush()
+                    os.fsync(f.fileno())
+        return self.path
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._db.close()

@@ -102,9 +102,17 @@ def _add_review(parser: argparse.ArgumentParser) -> None:
         "--host",
         default="127.0.0.1",
         help="address to serve on (default 127.0.0.1: this machine only; 0.0.0.0 serves the "
-        "network, without a login)",
+        "network); every address needs sign-in",
     )
     parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    parser.add_argument(
+        "--users",
+        type=Path,
+        help="readers' file of hashed passwords (jmid review-user); default: a token in the URL",
+    )
+    parser.add_argument("--reader", help="the name marks record with the token (default: login)")
+    parser.add_argument("--certfile", type=Path, help="TLS certificate (with --keyfile)")
+    parser.add_argument("--keyfile", type=Path, help="TLS private key")
 
 
 def _run_review(args: argparse.Namespace) -> int:
@@ -122,8 +130,36 @@ def _run_review(args: argparse.Namespace) -> int:
         explain=args.explain,
         device=args.device,
         organs=organ_list(args.organs),
+        users=str(args.users or ""),
+        reader=args.reader or "",
+        certfile=str(args.certfile or ""),
+        keyfile=str(args.keyfile or ""),
     )
     serve(options, args.host, args.port)
+    return 0
+
+
+def _add_review_user(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--users", required=True, type=Path, help="the users file (created)")
+    parser.add_argument("--name", required=True, help="the reader's name")
+
+
+def _run_review_user(args: argparse.Namespace) -> int:
+    import getpass
+    import sys
+
+    from JMIDAnomalyLib.apps.webreview.access import add_user, check_reader_name
+
+    check_reader_name(args.name)
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.name}: ")
+        if getpass.getpass("again: ") != password:
+            print("the passwords differ; nothing written", file=sys.stderr)
+            return 2
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    add_user(args.users, args.name, password)
+    print(f"{args.name} can sign in to jmid review --users {args.users}")
     return 0
 
 
@@ -133,5 +169,10 @@ COMMANDS: dict[str, Command] = {
         "read cases and review errors in the browser (trame-slicer)",
         _add_review,
         _run_review,
+    ),
+    "review-user": (
+        "add a reader (name and password) to a jmid review users file",
+        _add_review_user,
+        _run_review_user,
     ),
 }

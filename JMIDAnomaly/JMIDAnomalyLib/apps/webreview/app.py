@@ -10,8 +10,9 @@ trame-slicer renders Slicer's own slice views (``vtkMRMLSliceLogic`` and display
 from ``slicer-core``) offscreen on the server and streams them to the page; nothing here
 reimplements an analysis, a table or an overlay.
 
-The server binds 127.0.0.1 unless another host is asked for: reports and images are patient
-data, and the page has no login.
+The server binds 127.0.0.1 unless another host is asked for, and serves nothing without
+sign-in (:mod:`.access`): reports and images are patient data. Case ids and report text travel
+over the websocket only, never in URLs.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ class ReviewOptions:
     explain: str = OCCLUSION
     device: str = "auto"
     organs: list[str] = field(default_factory=list)
+    users: str = ""  # users file (name:scrypt hash lines); else a token is printed
+    reader: str = ""  # the reader marks record under token sign-in (default: login name)
+    certfile: str = ""  # TLS certificate and key
+    keyfile: str = ""
 
     def check(self) -> None:
         """Clear messages for what cannot work, before the server starts."""
@@ -276,6 +281,13 @@ class ReviewApp:
         self.volume = None
         self.controller.review_step(int(delta))
 
+    def set_reader(self, reader: str) -> None:
+        """The signed-in reader whose page connected: their marks, recorded under their name."""
+        if self.review is not None:
+            self.review.feedback.reader = reader
+            self.state.update({"marks": len(self.review.feedback)})
+        self.state.update({"reader": reader})
+
     def mark(self, verdict: str) -> None:
         """Save the reader's verdict on the current item (the store is written at once)."""
         self.controller.mark(verdict, self.state.comment or "")
@@ -370,7 +382,10 @@ def _reading_layout(slicer_app, server):
 
 
 def serve(options: ReviewOptions, host: str = DEFAULT_HOST, port: int = 8080) -> None:
-    """Run the review server until interrupted."""
+    """Run the review server until interrupted, behind sign-in (:mod:`.access`): a token
+    printed in the URL, or the readers of ``options.users``; over TLS with a certificate."""
+    from JMIDAnomalyLib.apps.webreview.access import Access
+
     # trame must not parse jmid's own command line (it has --host/--port/--data of its own).
     os.environ.setdefault("TRAME_ARGS", "")
     if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
@@ -378,9 +393,38 @@ def serve(options: ReviewOptions, host: str = DEFAULT_HOST, port: int = 8080) ->
         os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
     for name in ("trame", "trame_client", "trame_server", "trame_rca", "wslink", "aiohttp"):
         logging.getLogger(name).setLevel(logging.WARNING)  # their INFO is a debug trace
+    ssl_context = _ssl_context(options.certfile, options.keyfile)
+    access = Access.create(options.users, options.reader, secure=ssl_context is not None)
     app = ReviewApp(options)
-    if host not in ("127.0.0.1", "localhost", "::1"):
-        logger.warning(
-            "serving on %s: anyone who reaches this port sees the cases (no login)", host
-        )
+    access.on_reader = app.set_reader
+
+    def bind(web_server) -> None:
+        access.install(web_server.app)
+        if ssl_context is not None:
+            web_server.config["ssl"] = ssl_context
+
+    app.server.controller.on_server_bind.add(bind)
+
+    def announce(**_) -> None:
+        scheme = "https" if ssl_context else "http"
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        print(f"JMID review: {access.url(scheme, shown, app.server.port)}", flush=True)
+
+    app.server.controller.on_server_ready.add(announce)
     app.server.start(host=host, port=port, open_browser=False, timeout=0)
+
+
+def _ssl_context(certfile: str, keyfile: str):
+    """TLS from a certificate and its key (both or neither), checked before the server starts."""
+    if not certfile and not keyfile:
+        return None
+    if not (certfile and keyfile):
+        raise InputError("--certfile/--keyfile", "give both the certificate and its key")
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(certfile, keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise InputError(certfile, f"cannot be used with {keyfile} for TLS ({exc})") from None
+    return context
