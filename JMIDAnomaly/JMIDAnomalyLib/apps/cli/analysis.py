@@ -116,7 +116,8 @@ def _add_review(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_review(args: argparse.Namespace) -> int:
-    from JMIDAnomalyLib.apps.webreview.app import ReviewOptions, serve
+    from JMIDAnomalyLib.apps.webreview.app import ReviewOptions
+    from JMIDAnomalyLib.apps.webreview.server import serve
 
     options = ReviewOptions(
         bundles=[str(b) for b in args.bundle],

@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -379,52 +377,3 @@ def _reading_layout(slicer_app, server):
     )
     layout.set_layout("Reading")
     return layout
-
-
-def serve(options: ReviewOptions, host: str = DEFAULT_HOST, port: int = 8080) -> None:
-    """Run the review server until interrupted, behind sign-in (:mod:`.access`): a token
-    printed in the URL, or the readers of ``options.users``; over TLS with a certificate."""
-    from JMIDAnomalyLib.apps.webreview.access import Access
-
-    # trame must not parse jmid's own command line (it has --host/--port/--data of its own).
-    os.environ.setdefault("TRAME_ARGS", "")
-    if sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
-        # No screen (a server): render offscreen through EGL instead of failing over from X.
-        os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
-    for name in ("trame", "trame_client", "trame_server", "trame_rca", "wslink", "aiohttp"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # their INFO is a debug trace
-    ssl_context = _ssl_context(options.certfile, options.keyfile)
-    access = Access.create(options.users, options.reader, secure=ssl_context is not None)
-    app = ReviewApp(options)
-    access.on_reader = app.set_reader
-
-    def bind(web_server) -> None:
-        access.install(web_server.app)
-        if ssl_context is not None:
-            web_server.config["ssl"] = ssl_context
-
-    app.server.controller.on_server_bind.add(bind)
-
-    def announce(**_) -> None:
-        scheme = "https" if ssl_context else "http"
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        print(f"JMID review: {access.url(scheme, shown, app.server.port)}", flush=True)
-
-    app.server.controller.on_server_ready.add(announce)
-    app.server.start(host=host, port=port, open_browser=False, timeout=0)
-
-
-def _ssl_context(certfile: str, keyfile: str):
-    """TLS from a certificate and its key (both or neither), checked before the server starts."""
-    if not certfile and not keyfile:
-        return None
-    if not (certfile and keyfile):
-        raise InputError("--certfile/--keyfile", "give both the certificate and its key")
-    import ssl
-
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    try:
-        context.load_cert_chain(certfile, keyfile)
-    except (OSError, ssl.SSLError) as exc:
-        raise InputError(certfile, f"cannot be used with {keyfile} for TLS ({exc})") from None
-    return context
