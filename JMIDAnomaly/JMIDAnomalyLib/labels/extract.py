@@ -147,21 +147,22 @@ class Extractor:
         tax = self.taxonomy
         carry, recent = context
         bound: set[int] = set()
-        named: list = []  # organs the clause's diagnoses name (calcified gallstone)
-        for start, _, index in findings:
+        diagnoses = {}  # finding -> (targets, class) for diagnoses that name their organ
+        for i, (start, _, index) in enumerate(findings):
             term = tax.finding_terms[index]
             if term in tax.implied:
                 organ, side, cls = tax.implied[term]
                 if side is None and organ in SIDED_ORGANS:
                     side = self._implied_side(clause, start, organ, groups, recent)
-                named += [t for t in self._targets(organ, side) if t not in named]
-        for start, end, index in findings:
+                diagnoses[i] = (list(self._targets(organ, side)), cls)
+        # organs the clause's diagnoses name take its findings without an organ (calcified
+        # gallstone) before the organ carried from earlier
+        named = list(dict.fromkeys(t for targets, _ in diagnoses.values() for t in targets))
+        for i, (start, end, index) in enumerate(findings):
             term = tax.finding_terms[index]
-            if term in tax.implied:
-                organ, side, cls = tax.implied[term]
-                if side is None and organ in SIDED_ORGANS:
-                    side = self._implied_side(clause, start, organ, groups, recent)
-                for target in self._targets(organ, side):
+            if i in diagnoses:
+                targets, cls = diagnoses[i]
+                for target in targets:
                     out.evidence.append(
                         Evidence(*target, cls, reading.polarity, sentence, reading.cue)
                     )

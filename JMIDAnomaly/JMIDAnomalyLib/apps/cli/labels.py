@@ -47,25 +47,16 @@ def _run_labels(args: argparse.Namespace) -> int:
     from JMIDAnomalyLib.common.errors import InputError
     from JMIDAnomalyLib.common.progress import console_progress
 
+    policy = (args.uncertain, args.unmentioned, str(args.taxonomy) if args.taxonomy else None)
     if args.explain:
-        lines = TrainerLogic().explain_labels(
-            args.reports,
-            args.explain,
-            args.uncertain,
-            args.unmentioned,
-            str(args.taxonomy) if args.taxonomy else None,
-        )
-        print("\n".join(lines))
+        print("\n".join(TrainerLogic().explain_labels(args.reports, args.explain, *policy)))
         return 0
     if args.out is None:
         raise InputError("--out", "is required (or --explain CASE)")
-
     summary = TrainerLogic().import_labels(
         args.reports,
         args.out,
-        args.uncertain,
-        args.unmentioned,
-        str(args.taxonomy) if args.taxonomy else None,
+        *policy,
         not args.no_crosscheck,
         progress=console_progress("labels"),
     )
