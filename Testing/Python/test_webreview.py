@@ -314,3 +314,77 @@ def test_review_command_rejects_bad_input(demo_run, jmid_command, tmp_path):
         assert result.returncode == 2, result.stderr
         assert "error:" in result.stderr and named in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_two_readers_each_with_their_own_case_and_marks(demo_run, jmid_command, tmp_path):
+    """``--users``: two readers in two browser contexts at once, each on their own case, each
+    marking; both readers' marks are in the store; kill -9 of the server loses none."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed")
+    from JMIDAnomalyLib.apps.webreview.access import add_user
+    from JMIDAnomalyLib.review.feedback import FeedbackLog
+    from playwright.sync_api import sync_playwright
+
+    _, demo, _ = demo_run
+    users, feedback = tmp_path / "users.txt", tmp_path / "feedback.csv"
+    readers = {"dr_ito": "first password", "dr_sato": "second password"}
+    for name, password in readers.items():
+        add_user(users, name, password)
+    command = [
+        *jmid_command,
+        "review",
+        "--bundle",
+        str(demo / "training" / "liver" / "bundle"),
+        "--cases",
+        str(demo / "evaluation" / "liver" / "predictions.csv"),
+        "--data-root",
+        str(demo / "cohort"),
+        "--feedback",
+        str(feedback),
+        "--users",
+        str(users),
+        "--explain",
+        "none",
+    ]
+    url, process = _serve(command, tmp_path / "review.log")
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            pages = {}
+            for name, password in readers.items():
+                page = browser.new_context().new_page()
+                page.set_default_timeout(120_000)
+                page.goto(url)
+                page.fill("#name", name)
+                page.fill("#password", password)
+                page.click("#sign-in")
+                pages[name] = page
+            opened = {}
+            for i, (name, page) in enumerate(pages.items()):  # both pages are open now
+                page.locator(".v-field:has(#case-select)").click()
+                choice = page.locator(".v-overlay .v-list-item-title").nth(i)
+                opened[name] = choice.inner_text()
+                choice.click()
+            assert opened["dr_ito"] != opened["dr_sato"]
+            for name, page in pages.items():
+                page.locator("#status", has_text=f"{opened[name]} loaded").wait_for()
+            for name, page in pages.items():  # each still shows its own case
+                assert opened[name] in page.inner_text("#status"), name
+                page.click("#review-next")
+                page.locator("#review-item", has_text="1 /").wait_for()
+                page.click("#mark-agree" if name == "dr_ito" else "#mark-label_wrong")
+                page.locator("#marks", has_text="1 marks saved").wait_for()
+            browser.close()
+        process.kill()  # kill -9 of the server mid-session
+        process.wait()
+        marks = {r["reader"]: r["verdict"] for r in FeedbackLog(feedback).all_rows()}
+        assert marks == {"dr_ito": "agree", "dr_sato": "label_wrong"}
+        # each reader had a review process of their own; they end with the server
+        started = re.findall(r"review process (\d+) serves", (tmp_path / "review.log").read_text())
+        assert len(started) == 2
+        deadline = time.monotonic() + 20
+        while any(Path(f"/proc/{pid}").exists() for pid in started):
+            assert time.monotonic() < deadline, "a reader's review outlived the server"
+            time.sleep(0.5)
+    finally:
+        _stop(process)

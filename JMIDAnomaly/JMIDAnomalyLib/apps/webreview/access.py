@@ -112,6 +112,8 @@ class Access:
     sessions: dict[str, str] = field(default_factory=dict)  # cookie -> reader
     open_pages: dict[str, int] = field(default_factory=dict)  # cookie -> open websockets
     on_reader: object = None  # called with the reader whose page connects
+    backend_key: str | None = None  # a gateway's backend: only requests carrying this key
+    one_reader: bool = True  # one reader's pages at a time (not behind a gateway)
 
     @classmethod
     def create(cls, users_file: str = "", reader: str = "", secure: bool = False):
@@ -156,11 +158,13 @@ class Access:
 
         @web.middleware
         async def guard(request, handler):
+            if self.backend_key is not None:
+                return await self._from_gateway(request, handler)
             if request.path == "/login" and self.users:
                 return await handler(request)
             cookie = request.cookies.get(COOKIE, "")
             if cookie in self.sessions:
-                if request.headers.get("Upgrade", "").lower() == "websocket":
+                if self.one_reader and request.headers.get("Upgrade", "").lower() == "websocket":
                     return await self._page(request, handler, cookie)
                 return await handler(request)
             token = request.query.get("token")
@@ -174,6 +178,17 @@ class Access:
             return web.Response(status=401, text=f"Sign in first: {hint}.\n")
 
         return guard
+
+    async def _from_gateway(self, request, handler):
+        """A gateway's backend answers the gateway only (its key, in constant time)."""
+        from JMIDAnomalyLib.apps.webreview.gateway import BACKEND_HEADER
+
+        given = request.headers.get(BACKEND_HEADER, "")
+        if not hmac.compare_digest(given.encode(), self.backend_key.encode()):
+            return self._web.Response(status=403, text="Not through the review gateway.\n")
+        if request.headers.get("Upgrade", "").lower() == "websocket" and callable(self.on_reader):
+            self.on_reader(self.reader)
+        return await handler(request)
 
     async def _page(self, request, handler, cookie: str):
         """A websocket: only one reader's pages at a time."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -11,9 +13,11 @@ from JMIDAnomalyLib.common.errors import InputError
 
 
 def serve(options: ReviewOptions, host: str = DEFAULT_HOST, port: int = 8080) -> None:
-    """Run the review server until interrupted, behind sign-in (:mod:`.access`): a token
-    printed in the URL, or the readers of ``options.users``; over TLS with a certificate."""
+    """Run the review server until interrupted, behind sign-in (:mod:`.access`), over TLS with
+    a certificate: with a token printed in the URL, one reader's review; with the readers of
+    ``options.users``, the :mod:`.gateway` giving each reader a review of their own."""
     from JMIDAnomalyLib.apps.webreview.access import Access
+    from JMIDAnomalyLib.apps.webreview.gateway import BACKEND_KEY_ENV, watch_parent
 
     # trame must not parse jmid's own command line (it has --host/--port/--data of its own).
     os.environ.setdefault("TRAME_ARGS", "")
@@ -23,7 +27,19 @@ def serve(options: ReviewOptions, host: str = DEFAULT_HOST, port: int = 8080) ->
     for name in ("trame", "trame_client", "trame_server", "trame_rca", "wslink", "aiohttp"):
         logging.getLogger(name).setLevel(logging.WARNING)  # their INFO is a debug trace
     ssl_context = _ssl_context(options.certfile, options.keyfile)
-    access = Access.create(options.users, options.reader, secure=ssl_context is not None)
+    key = os.environ.pop(BACKEND_KEY_ENV, "")
+    if key:  # a reader's review behind the gateway: loopback, the gateway's key only
+        access, host, ssl_context = (
+            Access(backend_key=key, reader=options.reader),
+            DEFAULT_HOST,
+            None,
+        )
+        watch_parent()
+    else:
+        access = Access.create(options.users, options.reader, secure=ssl_context is not None)
+        if access.users:
+            options.check()  # the backends' options, checked once before any reader comes
+            return _serve_gateway(options, access, host, port, ssl_context)
     app = ReviewApp(options)
     access.on_reader = app.set_reader
 
@@ -41,6 +57,34 @@ def serve(options: ReviewOptions, host: str = DEFAULT_HOST, port: int = 8080) ->
 
     app.server.controller.on_server_ready.add(announce)
     app.server.start(host=host, port=port, open_browser=False, timeout=0)
+
+
+def _serve_gateway(options, access, host: str, port: int, ssl_context) -> None:
+    """Serve the multi-reader gateway until interrupted (Ctrl-C or SIGTERM stop the readers'
+    reviews too)."""
+    import signal
+
+    from aiohttp import web
+
+    from JMIDAnomalyLib.apps.webreview.gateway import Gateway
+
+    async def main() -> None:
+        runner = web.AppRunner(Gateway(options, access).app(), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+        bound = runner.addresses[0][1] if runner.addresses else port
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        print(f"JMID review: {access.url('https' if ssl_context else 'http', shown, bound)}")
+        sys.stdout.flush()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
 
 
 def _ssl_context(certfile: str, keyfile: str):
