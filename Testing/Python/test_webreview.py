@@ -71,7 +71,15 @@ def review_server(demo_run, jmid_command, tmp_path):
     """``jmid review`` on the demo's predictions; yields (url, feedback CSV, process)."""
     _, demo, _ = demo_run
     feedback = tmp_path / "feedback.csv"
-    command = [
+    command = _review_of_errors(jmid_command, demo, feedback, "--reader", "dr_test")
+    url, process = _serve(command, tmp_path / "review.log")
+    yield url, feedback, process
+    _stop(process)
+
+
+def _review_of_errors(jmid_command, demo: Path, feedback: Path, *extra: str) -> list[str]:
+    """``jmid review`` of the demo's liver predictions, marks into ``feedback``."""
+    return [
         *jmid_command,
         "review",
         "--bundle",
@@ -82,12 +90,8 @@ def review_server(demo_run, jmid_command, tmp_path):
         str(demo / "cohort"),
         "--feedback",
         str(feedback),
-        "--reader",
-        "dr_test",
+        *extra,
     ]
-    url, process = _serve(command, tmp_path / "review.log")
-    yield url, feedback, process
-    _stop(process)
 
 
 def _own_addresses() -> list[str]:
@@ -330,22 +334,9 @@ def test_two_readers_each_with_their_own_case_and_marks(demo_run, jmid_command, 
     readers = {"dr_ito": "first password", "dr_sato": "second password"}
     for name, password in readers.items():
         add_user(users, name, password)
-    command = [
-        *jmid_command,
-        "review",
-        "--bundle",
-        str(demo / "training" / "liver" / "bundle"),
-        "--cases",
-        str(demo / "evaluation" / "liver" / "predictions.csv"),
-        "--data-root",
-        str(demo / "cohort"),
-        "--feedback",
-        str(feedback),
-        "--users",
-        str(users),
-        "--explain",
-        "none",
-    ]
+    command = _review_of_errors(
+        jmid_command, demo, feedback, "--users", str(users), "--explain", "none"
+    )
     url, process = _serve(command, tmp_path / "review.log")
     try:
         with sync_playwright() as p:
