@@ -371,8 +371,11 @@ def test_two_readers_each_with_their_own_case_and_marks(demo_run, jmid_command, 
         marks = {r["reader"]: r["verdict"] for r in FeedbackLog(feedback).all_rows()}
         assert marks == {"dr_ito": "agree", "dr_sato": "label_wrong"}
         # each reader had a review process of their own; they end with the server
-        started = re.findall(r"review process (\d+) serves", (tmp_path / "review.log").read_text())
+        log = (tmp_path / "review.log").read_text()
+        started = re.findall(r"review process (\d+) serves", log)
         assert len(started) == 2
+        started += re.findall(r"review process (\d+) is the readers' shared worker", log)
+        assert len(started) == 3
         deadline = time.monotonic() + 20
         while any(Path(f"/proc/{pid}").exists() for pid in started):
             assert time.monotonic() < deadline, "a reader's review outlived the server"

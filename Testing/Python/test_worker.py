@@ -93,3 +93,63 @@ def test_cancel_kills_the_process_tree_and_a_crash_is_reported(client):
     assert crash.kind == "error" and not crash.data["input_error"]
     assert "killed (signal 9)" in crash.message
     assert not client.alive and not client.busy
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """The shared worker's broker on a socket; yields its path."""
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "w.sock")
+    process = subprocess.Popen([sys.executable, "-P", "-m", "JMIDAnomalyLib.worker.broker", path])
+    deadline = time.monotonic() + 60
+    while not Path(path).exists():
+        assert process.poll() is None and time.monotonic() < deadline, "no broker"
+        time.sleep(0.05)
+    yield path
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def _started(client, job, timeout=120) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(e.kind == "started" and e.job == job for e in client.poll()):
+        assert time.monotonic() < deadline, f"job {job} never started"
+        time.sleep(0.05)
+
+
+def test_readers_share_one_worker_through_the_broker_queue(broker, demo_run, tmp_path):
+    """Two readers' clients, one worker: jobs queue first come first served, each reader gets
+    its own events under its own ids, the models are loaded once, and one reader's Cancel or
+    leaving does not touch the other's jobs."""
+    from JMIDAnomalyLib.worker.remote import RemoteWorkerClient
+
+    _, demo, _ = demo_run
+    alice, bob = RemoteWorkerClient(broker), RemoteWorkerClient(broker)
+    first = alice.analyze(_held_out_config(tmp_path / "a", demo))
+    second_case = sorted(p.stem.split(".")[0] for p in (demo / "cohort" / "images").iterdir())[0]
+    queued = bob.analyze(_held_out_config(tmp_path / "b", demo, second_case))
+    assert first == queued == "1"  # each reader's own ids
+    bob_events: list = []
+    done = alice.wait(first, timeout=300)
+    assert done.kind == "result" and done.data["result"]["models_reused"] is False
+    after = bob.wait(queued, timeout=300, on_event=bob_events.append)
+    assert after.kind == "result" and after.data["result"]["models_reused"] is True
+    assert Path(after.data["result"]["out"]).parent == tmp_path / "b"
+    fractions = [e.data["fraction"] for e in bob_events if e.kind == "progress"]
+    assert fractions and fractions[-1] == 1.0  # bob saw his own progress
+    # Alice cancels her running job: Bob's queued job still runs.
+    long = alice.submit("ping", seconds=120)
+    _started(alice, long)
+    short = bob.submit("ping", seconds=0)
+    assert alice.cancel() == [long]
+    assert alice.wait(long, timeout=30).kind == "cancelled"
+    assert bob.wait(short, timeout=120).kind == "result"
+    # Alice leaves with a job queued behind Bob's: it is dropped, Bob's finishes.
+    running = bob.submit("ping", seconds=1)
+    alice.submit("ping", seconds=60)
+    alice.close()
+    assert bob.wait(running, timeout=120).kind == "result"
+    assert not bob.busy
+    bob.close()

@@ -25,8 +25,8 @@ from JMIDAnomalyLib.common.organs import TOTALSEGMENTATOR_ORGANS, organ_key
 from JMIDAnomalyLib.inference.methods import OCCLUSION
 from JMIDAnomalyLib.scene import mrml
 from JMIDAnomalyLib.scene.cases import CaseNodes, add_results_to_scene
-from JMIDAnomalyLib.worker.client import WorkerClient
 from JMIDAnomalyLib.worker.protocol import ERROR, RESULT, WorkerEvent
+from JMIDAnomalyLib.worker.remote import worker_client
 
 SLICE_VIEWS = ("Red", "Yellow", "Green")
 ORGAN_FILL_OPACITY = 0.5  # Slicer's default 2D fill of segments
@@ -86,7 +86,7 @@ class ReadingLogic:
 
     def __init__(self, scene, python: str | None = None, work_dir: str | None = None) -> None:
         self.scene = scene
-        self.worker = WorkerClient(python)
+        self.worker = worker_client(python)  # the shared worker behind a review gateway
         self._own_work_dir = work_dir is None
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="jmid-reading-"))
         self._jobs: dict[str, _Job] = {}

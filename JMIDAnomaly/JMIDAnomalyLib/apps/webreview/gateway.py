@@ -5,10 +5,13 @@ With ``--users``, ``jmid review`` serves this gateway on the address asked for. 
 who signs in gets a review process of their own (``jmid review`` in backend mode on a free
 loopback port, started on their first page, reached only through the gateway with a key that
 exists in memory and in that process's environment): their own MRML scene, case, view state,
-worker and progress, and marks recorded under their name in the shared feedback store (SQLite,
-so several processes mark at once without losing one). HTTP and the websocket (trame's state
-and the streamed views) are relayed both ways unchanged. A backend exits when the gateway
-does, also after ``kill -9`` (it watches its parent).
+progress, and marks recorded under their name in the shared feedback store (SQLite, so
+several processes mark at once without losing one). Their analyses go to one worker shared
+through a queue (:mod:`JMIDAnomalyLib.worker.broker`): the models are loaded once, one
+reader's job waits behind another's without blocking either page, and each page sees its own
+progress. HTTP and the websocket (trame's state and the streamed views) are relayed both ways
+unchanged. A backend and the broker exit when the gateway does, also after ``kill -9`` (they
+watch their parent).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import re
 import secrets
 import sys
 from dataclasses import dataclass
+
+from JMIDAnomalyLib.worker.remote import SOCKET_ENV
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +95,9 @@ class Gateway:
         self.backends: dict[str, Backend] = {}
         self._starting: dict[str, asyncio.Task] = {}
         self._client = None
+        self._broker = None  # the worker all readers share (worker.broker), and its folder
+        self._folder = None
+        self.socket = ""
 
     def app(self):
         """The aiohttp application: sign-in, then everything relayed to the reader's backend."""
@@ -98,8 +106,27 @@ class Gateway:
         app = web.Application()
         self.access.install(app)
         app.router.add_route("*", "/{tail:.*}", self.relay)
+        app.on_startup.append(self._start_broker)
         app.on_cleanup.append(self._close)
         return app
+
+    async def _start_broker(self, _app) -> None:
+        """Start the shared worker's broker, its socket in a folder only this user reads."""
+        import tempfile
+
+        self._folder = tempfile.TemporaryDirectory(prefix="jmid-review-")
+        path = os.path.join(self._folder.name, "worker.sock")
+        self._broker = await asyncio.create_subprocess_exec(
+            sys.executable, "-P", "-m", "JMIDAnomalyLib.worker.broker", path
+        )
+        for _ in range(600):
+            if os.path.exists(path) or self._broker.returncode is not None:
+                break
+            await asyncio.sleep(0.05)
+        if not os.path.exists(path):
+            raise RuntimeError("the shared worker's broker did not start")
+        self.socket = path
+        logger.info("review process %d is the readers' shared worker", self._broker.pid)
 
     async def backend(self, reader: str) -> Backend:
         """The reader's backend, started on first use (one start at a time per reader)."""
@@ -111,7 +138,7 @@ class Gateway:
         return await self._starting[reader]
 
     async def _start(self, reader: str) -> Backend:
-        env = dict(os.environ, **{BACKEND_KEY_ENV: self.key})
+        env = dict(os.environ, **{BACKEND_KEY_ENV: self.key, SOCKET_ENV: self.socket})
         process = await asyncio.create_subprocess_exec(
             *self.command, "--reader", reader, env=env, stdout=asyncio.subprocess.PIPE
         )
@@ -200,6 +227,12 @@ class Gateway:
         for backend in self.backends.values():
             with contextlib.suppress(ProcessLookupError):
                 backend.process.terminate()
+        if self._broker is not None:
+            with contextlib.suppress(ProcessLookupError):
+                self._broker.terminate()
+            await self._broker.wait()
+        if self._folder is not None:
+            self._folder.cleanup()
 
 
 def watch_parent() -> None:
