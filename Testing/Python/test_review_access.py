@@ -1,7 +1,7 @@
 """Sign-in of the browser review and the shared feedback store, on a real aiohttp server and
 real SQLite: no session -> 401 and no websocket; wrong token -> 403; the token or a reader's
-password -> a cookie session; one reader's pages at a time; concurrent readers' marks and a
-kill -9 lose nothing."""
+password -> a cookie session; a gateway's backend answers its key only; concurrent readers'
+marks and a kill -9 lose nothing."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def test_the_token_is_needed_for_the_page_and_the_websocket():
     assert list(access.sessions.values()) == ["dr_a"]
 
 
-def test_readers_sign_in_with_passwords_and_one_drives_the_server_at_a_time(tmp_path):
+def test_readers_sign_in_with_passwords(tmp_path):
     users = tmp_path / "users.txt"
     add_user(users, "alice", "correct horse")
     add_user(users, "bob", "battery staple")
@@ -102,19 +102,32 @@ def test_readers_sign_in_with_passwords_and_one_drives_the_server_at_a_time(tmp_
                     "/login", data={"name": name, "password": password}, allow_redirects=False
                 )
                 assert response.status == 302 and COOKIE in response.cookies
-            ws = await alice.ws_connect("/ws")
-            assert await ws.receive_str() == "state"
-            with pytest.raises(WSServerHandshakeError) as busy:
-                await bob.ws_connect("/ws")
-            assert busy.value.status == 409
-            await ws.close()
-            await asyncio.sleep(0.1)
-            ws = await bob.ws_connect("/ws")  # alice left: bob's page connects
+            for client in (alice, bob):  # each page's websocket names its reader
+                ws = await client.ws_connect("/ws")
+                assert await ws.receive_str() == "state"
+                await ws.close()
+
+    _run(scenario())
+    assert seen == ["alice", "bob"]
+
+
+def test_a_readers_review_answers_the_gateway_only():
+    from JMIDAnomalyLib.apps.webreview.gateway import BACKEND_HEADER
+
+    seen = []
+    access = Access(backend_key="k" * 32, reader="dr_d", on_reader=seen.append)
+
+    async def scenario():
+        async with TestClient(TestServer(_app(access))) as client:
+            assert (await client.get("/")).status == 403
+            assert (await client.get("/", headers={BACKEND_HEADER: "wrong"})).status == 403
+            assert (await client.get("/", headers={BACKEND_HEADER: "k" * 32})).status == 200
+            ws = await client.ws_connect("/ws", headers={BACKEND_HEADER: "k" * 32})
             assert await ws.receive_str() == "state"
             await ws.close()
 
     _run(scenario())
-    assert seen == ["alice", "bob"]
+    assert seen == ["dr_d"]
 
 
 def test_passwords_and_users_files():

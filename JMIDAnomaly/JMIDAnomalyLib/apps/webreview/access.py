@@ -10,8 +10,8 @@ hashed passwords, kept in a cookie after the first visit; nothing is served with
   checked in constant time. ``/login`` is a plain form.
 - The aiohttp middleware guards every route, the websocket included: without a session the
   page answers 401 (403 for a wrong token) and no state is sent.
-- One reader drives the server at a time: while a signed-in session has the page open, another
-  session's websocket is refused (409) with the name of the reader using it.
+- Behind the multi-reader gateway (:mod:`.gateway`) the readers' own reviews answer only the
+  gateway's key.
 """
 
 from __future__ import annotations
@@ -110,10 +110,8 @@ class Access:
     reader: str = "reader"  # the name marks record for token sessions
     secure: bool = False  # cookies only over TLS
     sessions: dict[str, str] = field(default_factory=dict)  # cookie -> reader
-    open_pages: dict[str, int] = field(default_factory=dict)  # cookie -> open websockets
     on_reader: object = None  # called with the reader whose page connects
     backend_key: str | None = None  # a gateway's backend: only requests carrying this key
-    one_reader: bool = True  # one reader's pages at a time (not behind a gateway)
 
     @classmethod
     def create(cls, users_file: str = "", reader: str = "", secure: bool = False):
@@ -164,8 +162,8 @@ class Access:
                 return await handler(request)
             cookie = request.cookies.get(COOKIE, "")
             if cookie in self.sessions:
-                if self.one_reader and request.headers.get("Upgrade", "").lower() == "websocket":
-                    return await self._page(request, handler, cookie)
+                if request.headers.get("Upgrade", "").lower() == "websocket":
+                    self._connected(self.sessions[cookie])
                 return await handler(request)
             token = request.query.get("token")
             if self.token and token is not None:
@@ -186,23 +184,14 @@ class Access:
         given = request.headers.get(BACKEND_HEADER, "")
         if not hmac.compare_digest(given.encode(), self.backend_key.encode()):
             return self._web.Response(status=403, text="Not through the review gateway.\n")
-        if request.headers.get("Upgrade", "").lower() == "websocket" and callable(self.on_reader):
-            self.on_reader(self.reader)
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            self._connected(self.reader)
         return await handler(request)
 
-    async def _page(self, request, handler, cookie: str):
-        """A websocket: only one reader's pages at a time."""
-        busy = [c for c, n in self.open_pages.items() if n > 0 and c != cookie]
-        if busy and self.sessions.get(busy[0]) != self.sessions[cookie]:
-            using = self.sessions.get(busy[0], "another reader")
-            return self._web.Response(status=409, text=f"In use by {using}.\n")
-        self.open_pages[cookie] = self.open_pages.get(cookie, 0) + 1
+    def _connected(self, reader: str) -> None:
+        """A reader's page opened its websocket: tell the review whose marks follow."""
         if callable(self.on_reader):
-            self.on_reader(self.sessions[cookie])
-        try:
-            return await handler(request)
-        finally:
-            self.open_pages[cookie] -= 1
+            self.on_reader(reader)
 
     async def _login_page(self, request, problem: str = ""):
         note = f"<p style='color:#b00'>{html.escape(problem)}</p>" if problem else ""

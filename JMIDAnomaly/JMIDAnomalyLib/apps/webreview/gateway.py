@@ -89,7 +89,6 @@ class Gateway:
     def __init__(self, options, access, start_timeout: float = 300.0) -> None:
         self.command = backend_command(options)
         self.access = access
-        access.one_reader = False  # each reader has their own review behind the gateway
         self.key = secrets.token_urlsafe(32)
         self.start_timeout = start_timeout
         self.backends: dict[str, Backend] = {}
