@@ -74,17 +74,29 @@ class FeedbackLog:
         self.reader = reader or default_reader()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not self.db_path.exists()
-        try:
-            self._db = sqlite3.connect(self.db_path, timeout=60, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(_SCHEMA)
-        except sqlite3.DatabaseError as exc:
-            raise InputError(
-                self.db_path, f"cannot be used as the feedback store ({exc})"
-            ) from None
+        self._db = self._open()
         if new and self.path.exists():
             self._import_csv()
+
+    def _open(self, seconds: float = 60.0) -> sqlite3.Connection:
+        """Connect, in WAL mode, with the table. Switching to WAL takes a lock SQLite does not
+        wait for, so readers opening the store at once retry for up to ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                db = sqlite3.connect(self.db_path, timeout=seconds, isolation_level=None)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+                db.execute(_SCHEMA)
+                return db
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    problem = f"cannot be used as the feedback store ({exc})"
+                    raise InputError(self.db_path, problem) from None
+                time.sleep(0.05)
+            except sqlite3.DatabaseError as exc:
+                problem = f"cannot be used as the feedback store ({exc})"
+                raise InputError(self.db_path, problem) from None
 
     def _import_csv(self) -> None:
         try:
