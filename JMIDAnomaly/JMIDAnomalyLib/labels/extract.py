@@ -268,9 +268,10 @@ class Extractor:
         # the report has no history section and no history or comparison word
         cache: dict | None = {}
         # the report text names every procedure word its entities hold
-        procedures = not text or bool(self.taxonomy.procedure_matcher.regex.search(normalize(text)))
+        norm = normalize(text)
+        procedures = not text or bool(self.taxonomy.procedure_matcher.regex.search(norm))
         if not any(k == "history" for k, _, _ in parts):
-            if not self.taxonomy.context_regex.search(normalize(text)):
+            if not self.taxonomy.context_regex.search(norm):
                 cache = None
         for entity in entities:
             if not isinstance(entity, dict):
@@ -332,8 +333,10 @@ class Extractor:
         ]
         targets, where = self._entity_targets(anatomy, diagnoses)
         prefix = "".join(normalize(a) for a in anatomy)
-        whole = prefix + normalize(surface)
-        removed = removals(whole, self._organ_groups, tax) if procedures else []
+        removed = []
+        if procedures:
+            whole = prefix + normalize(surface)
+            removed = removals(whole, self._organ_groups, tax)
         for organ, side, word in removed:
             out.evidence.append(Evidence(organ, side, None, REMOVED, source, f"removal: {word}"))
         if removed:

@@ -87,19 +87,23 @@ def evidence_to_labels(evidence: list[Evidence], options: LabelOptions) -> Label
     normal: dict[tuple[str, str | None], Evidence] = {}
     removed: dict[tuple[str, str | None], Evidence] = {}
     for e in evidence:
-        if e.organ in SIDED_ORGANS:
+        organ, cls, polarity = e.organ, e.cls, e.polarity
+        if organ in SIDED_ORGANS:
             sides = (e.side,) if e.side in ("left", "right") else ("left", "right")
         else:
             sides = (None,)
-        for key in ((e.organ, side) for side in sides):
-            if e.polarity == REMOVED:
+        for side in sides:
+            key = (organ, side)
+            if polarity == REMOVED:
                 removed.setdefault(key, e)
-            elif e.cls is None or e.cls == "nofinding":
+            elif cls is None or cls == "nofinding":
                 normal.setdefault(key, e)
             else:
-                states = best.setdefault(key, {})
-                if e.cls not in states or e.polarity > states[e.cls].polarity:
-                    states[e.cls] = e
+                states = best.get(key)
+                if states is None:
+                    best[key] = {cls: e}
+                elif cls not in states or polarity > states[cls].polarity:
+                    states[cls] = e
     uncertain_value = {"positive": 1, "negative": 0, "ignore": None}[options.uncertain]
     known = options.unmentioned == "normal"
     labels: Labels = {}
@@ -121,7 +125,9 @@ def evidence_to_labels(evidence: list[Evidence], options: LabelOptions) -> Label
             values[cls] = 1 if state == POSITIVE else uncertain_value if state == UNCERTAIN else 0
         abnormal = list(values.values())
         values["nofinding"] = 0 if 1 in abnormal else (None if None in abnormal else 1)
-        notes = sorted(states.items(), key=lambda item: -item[1].polarity)
+        notes = list(states.items())
+        if len(notes) > 1:
+            notes.sort(key=lambda item: -item[1].polarity)
         if values["nofinding"] == 1 and key in normal:
             notes.append(("nofinding", normal[key]))
         labels[key] = RowLabels(values, notes)
