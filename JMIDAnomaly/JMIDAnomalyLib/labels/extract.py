@@ -333,13 +333,7 @@ class Extractor:
         ]
         targets, where = self._entity_targets(anatomy, diagnoses)
         prefix = "".join(normalize(a) for a in anatomy)
-        removed = []
-        if procedures:
-            whole = prefix + normalize(surface)
-            removed = removals(whole, self._organ_groups, tax)
-        for organ, side, word in removed:
-            out.evidence.append(Evidence(organ, side, None, REMOVED, source, f"removal: {word}"))
-        if removed:
+        if procedures and self._removed(prefix + normalize(surface), source, out):
             return
         if not targets:
             out.unassigned += 1
@@ -365,6 +359,13 @@ class Extractor:
                     else:
                         cue = certainty_cue(polarity_here, level, reading)
                     out.evidence.append(Evidence(organ, side, cls, polarity_here, source, cue))
+
+    def _removed(self, words: str, source: str, out: Extraction) -> bool:
+        """Record the organs an entity's words say were taken out; whether there were any."""
+        removed = removals(words, self._organ_groups, self.taxonomy)
+        for organ, side, word in removed:
+            out.evidence.append(Evidence(organ, side, None, REMOVED, source, f"removal: {word}"))
+        return bool(removed)
 
     def _entity_targets(self, anatomy: list[str], diagnoses) -> tuple[list, dict]:
         """The organs an entity's anatomy names (each with the anatomy words naming it), else
