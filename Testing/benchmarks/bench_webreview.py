@@ -45,30 +45,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.readers:
         return _several_readers(args)
-    jmid = Path(sys.executable).with_name("jmid")
-    port = args.port or _free_port()
     work = Path(tempfile.mkdtemp(prefix="bench-review-"))
-    command = [
-        str(jmid),
-        "review",
-        "--bundle",
-        str(args.demo / "training" / args.organ / "bundle"),
-        "--cases",
-        str(args.demo / "evaluation" / args.organ / "predictions.csv"),
-        "--data-root",
-        str(args.demo / "cohort"),
-        "--feedback",
-        str(work / "feedback.csv"),
-        "--port",
-        str(port),
-    ]
     t = time.perf_counter()
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    url = ""
-    for line in server.stdout:  # the sign-in URL it prints once it serves
-        if line.startswith("JMID review: "):
-            url = line.split(": ", 1)[1].strip()
-            break
+    server, url = _start_review(args, work / "feedback.csv")
     if not url:
         print("jmid review exited", file=sys.stderr)
         return 1
@@ -92,6 +71,29 @@ def main() -> int:
     for name, value in figures.items():
         print(f"{name:48s} {value:8.2f}")
     return 0
+
+
+def _start_review(args, feedback: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """The installed ``jmid review`` on the demo's predictions (marks into ``feedback``) and
+    the sign-in URL it prints once it serves ("" when it exited first)."""
+    command = [
+        str(Path(sys.executable).with_name("jmid")),
+        "review",
+        "--bundle",
+        str(args.demo / "training" / args.organ / "bundle"),
+        "--cases",
+        str(args.demo / "evaluation" / args.organ / "predictions.csv"),
+        "--data-root",
+        str(args.demo / "cohort"),
+        "--feedback",
+        str(feedback),
+        *extra,
+        "--port",
+        str(args.port or _free_port()),
+    ]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    url = next((ln.split(": ", 1)[1].strip() for ln in server.stdout if "JMID review: " in ln), "")
+    return server, url
 
 
 def _timed(action, until) -> float:
@@ -163,26 +165,9 @@ def _several_readers(args) -> int:
     for name, password in readers.items():
         add_user(work / "users.txt", name, password)
     feedback = work / "feedback.csv"
-    command = [
-        str(Path(sys.executable).with_name("jmid")),
-        "review",
-        "--bundle",
-        str(args.demo / "training" / args.organ / "bundle"),
-        "--cases",
-        str(args.demo / "evaluation" / args.organ / "predictions.csv"),
-        "--data-root",
-        str(args.demo / "cohort"),
-        "--feedback",
-        str(feedback),
-        "--users",
-        str(work / "users.txt"),
-        "--explain",
-        "none",
-        "--port",
-        str(args.port or _free_port()),
-    ]
-    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    url = next((ln.split(": ", 1)[1].strip() for ln in server.stdout if "JMID review: " in ln), "")
+    server, url = _start_review(
+        args, feedback, "--users", str(work / "users.txt"), "--explain", "none"
+    )
     if not url:
         print("jmid review exited", file=sys.stderr)
         return 1
