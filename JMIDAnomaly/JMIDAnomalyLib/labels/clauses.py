@@ -112,12 +112,6 @@ def is_english(norm: str) -> bool:
     return _JAPANESE.search(norm) is None
 
 
-def clauses(norm: str) -> list[str]:
-    """The clauses of a normalised sentence, split by its language's clause rules."""
-    splitter = _CLAUSE_SPLIT_EN if is_english(norm) else _CLAUSE_SPLIT_JA
-    return [clause for clause in splitter.split(norm) if clause and not clause.isspace()]
-
-
 def split_clauses(norm: str) -> list[tuple[int, str]]:
     """(offset, clause) of a normalised sentence, split by its language's clause rules."""
     splitter = _CLAUSE_SPLIT_EN if is_english(norm) else _CLAUSE_SPLIT_JA
@@ -180,9 +174,9 @@ def side_before(clause: str, start: int) -> str | None:
     return SIDE_WORDS[before.group(1)] if before else None
 
 
-def removals(clause: str, organ_groups, taxonomy: Taxonomy) -> list[tuple[str, str | None, str]]:
-    """(organ, side, removal word) for each organ the clause says was taken out entirely;
-    ``organ_groups(clause)`` gives its organ mentions (called only when a removal word is there).
+def removals(clause: str, groups, taxonomy: Taxonomy) -> list[tuple[str, str | None, str]]:
+    """(organ, side, removal word) for each organ the clause says was taken out entirely
+    (``groups``: the clause's organ mentions).
 
     A removal word goes to the nearest organ mention (which may be inside the word:
     cholecystectomy, 胆摘). Not a removal: a partial word just before it (部分切除, partial
@@ -191,32 +185,24 @@ def removals(clause: str, organ_groups, taxonomy: Taxonomy) -> list[tuple[str, s
     """
     tax = taxonomy
     out: list[tuple[str, str | None, str]] = []
-    words = [
-        (start, end)
-        for start, end, index in tax.procedure_matcher.find(clause)
-        if tax.procedure_kinds[index] == CUE_REMOVAL
-    ]
-    groups = organ_groups(clause) if words else []
-    for start, end in words:
-        word = clause[start:end]
-        best = None
-        for g_start, g_end, targets, _ in groups:
-            distance = max(0, start - g_end, g_start - end)
-            if best is None or distance < best[0]:
-                best = (distance, g_start, targets)
-        if best is None or not best[2]:
+    for start, end, index in tax.procedure_matcher.find(clause):
+        if tax.procedure_kinds[index] != CUE_REMOVAL:
             continue
-        before = clause[max(0, min(start, best[1]) - 12) : start]
+        nearest = nearest_group(groups, clause, start, end, allow_all=False, english=True)
+        if nearest is None or not groups[nearest][2]:
+            continue
+        word, (g_start, _, targets, _) = clause[start:end], groups[nearest]
+        before = clause[max(0, min(start, g_start) - 12) : start]
         partial = any(
             tax.procedure_kinds[i] == CUE_PARTIAL for _, _, i in tax.procedure_matcher.find(before)
         )
-        for organ, side in best[2]:
+        for organ, side in targets:
             if partial or organ not in REMOVABLE:
                 continue
             if organ in TOTAL_ONLY and not any(w in clause for w in TOTAL_ONLY[organ]):
                 continue
             if organ in SIDED_ORGANS:
-                side = side if side in ("left", "right") else side_before(clause, best[1])
+                side = side if side in ("left", "right") else side_before(clause, g_start)
                 if side not in ("left", "right"):
                     continue
             out.append((organ, side, word))

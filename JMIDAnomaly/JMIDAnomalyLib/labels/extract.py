@@ -23,7 +23,6 @@ from JMIDAnomalyLib.labels.clauses import (
     REMOVED,
     UNCERTAIN,
     Reading,
-    clauses,
     is_english,
     nearest_group,
     organ_knows,
@@ -122,10 +121,10 @@ class Extractor:
         norm = normalize(sentence)
         english = is_english(norm)
         recent: list = [carry] if carry else []  # organs named so far, for a diagnosis's side
-        for clause in clauses(norm):
+        for _, clause in split_clauses(norm):
             reading = read_clause(clause, tax, section)
             groups = self._organ_groups(clause)
-            found = removals(clause, lambda _, g=groups: g, tax) if procedures else []
+            found = removals(clause, groups, tax) if procedures else []
             for organ, side, word in found:
                 out.evidence.append(
                     Evidence(organ, side, None, REMOVED, sentence, f"removal: {word}")
@@ -174,12 +173,12 @@ class Extractor:
                 if (named or carry) and not normal:
                     targets = named or carry
                 else:
-                    out.unassigned += 0 if normal or carry is not None else 1
+                    out.unassigned += 0 if normal else 1
                     continue
             else:
                 bound.add(group_index)
                 targets = groups[group_index][2]
-            known = [t for t in targets if term in tax.implied or organ_knows(tax, term, t[0])]
+            known = [t for t in targets if organ_knows(tax, term, t[0])]
             for organ, side in known if len(targets) > 1 and known else targets:
                 cls = None if normal else self._class_for(term, organ, out)
                 polarity = NEGATIVE if normal else reading.polarity
@@ -331,10 +330,11 @@ class Extractor:
             for m in modifiers
             if m.get("type") == "Clinical_finding"
         ]
-        targets, where = self._entity_targets(anatomy, diagnoses)
-        prefix = "".join(normalize(a) for a in anatomy)
+        anatomy = [normalize(a) for a in anatomy]
+        prefix = "".join(anatomy)
         if procedures and self._removed(prefix + normalize(surface), source, out):
             return
+        targets, where = self._entity_targets(anatomy, diagnoses)
         if not targets:
             out.unassigned += 1
             return
@@ -362,21 +362,21 @@ class Extractor:
 
     def _removed(self, words: str, source: str, out: Extraction) -> bool:
         """Record the organs an entity's words say were taken out; whether there were any."""
-        removed = removals(words, self._organ_groups, self.taxonomy)
+        removed = removals(words, self._organ_groups(words), self.taxonomy)
         for organ, side, word in removed:
             out.evidence.append(Evidence(organ, side, None, REMOVED, source, f"removal: {word}"))
         return bool(removed)
 
     def _entity_targets(self, anatomy: list[str], diagnoses) -> tuple[list, dict]:
-        """The organs an entity's anatomy names (each with the anatomy words naming it), else
-        the organs its diagnoses name (脂肪肝, 脾腫, 膵癌)."""
+        """The organs an entity's (normalised) anatomy words name, each with the words naming
+        it, else the organs its diagnoses name (脂肪肝, 脾腫, 膵癌)."""
         tax = self.taxonomy
         targets: list[tuple[str, str | None]] = []
         where: dict[tuple[str, str | None], str] = {}
         for part in anatomy:
-            for _, _, index in tax.anatomy_matcher.find(normalize(part)):
+            for _, _, index in tax.anatomy_matcher.find(part):
                 for target in self._targets(*tax.anatomy[tax.anatomy_terms[index]]):
-                    where[target] = where.get(target, "") + normalize(part)
+                    where[target] = where.get(target, "") + part
                     if target not in targets:
                         targets.append(target)
         if targets:
