@@ -10,6 +10,7 @@ a CSV from an earlier version (no database yet) is imported on first open.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import getpass
 import os
@@ -46,6 +47,9 @@ _SCHEMA = (
     + "))"
 )
 _COLUMNS = ", ".join(f'"{c}"' for c in FEEDBACK_COLUMNS)
+_INSERT = (
+    f"INSERT OR REPLACE INTO marks ({_COLUMNS}) VALUES ({', '.join('?' * len(FEEDBACK_COLUMNS))})"
+)
 
 
 def default_reader() -> str:
@@ -110,23 +114,18 @@ class FeedbackLog:
         with self._transaction():
             for row in rows:
                 row.setdefault("reader", "")
-                self._db.execute(
-                    f"INSERT OR REPLACE INTO marks ({_COLUMNS}) VALUES "
-                    f"({', '.join('?' * len(FEEDBACK_COLUMNS))})",
-                    [row[c] or "" for c in FEEDBACK_COLUMNS],
-                )
+                self._db.execute(_INSERT, [row[c] or "" for c in FEEDBACK_COLUMNS])
 
+    @contextlib.contextmanager
     def _transaction(self):
-        db = self._db
-
-        class _Transaction:
-            def __enter__(self):
-                db.execute("BEGIN IMMEDIATE")  # the write lock: one writer at a time
-
-            def __exit__(self, kind, exc, tb):
-                db.execute("COMMIT" if kind is None else "ROLLBACK")
-
-        return _Transaction()
+        """One write transaction (BEGIN IMMEDIATE: the write lock, one writer at a time)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     @property
     def rows(self) -> dict[tuple[str, str, str, str], dict]:
@@ -149,7 +148,12 @@ class FeedbackLog:
 
     def get(self, item: ReviewItem) -> dict | None:
         """This reader's mark of ``item``, or None when it has none yet."""
-        return self.rows.get(item.key)
+        query = (
+            f"SELECT {_COLUMNS} FROM marks WHERE case_id = ? AND organ = ? AND side = ? "
+            "AND class = ? AND reader = ?"
+        )
+        values = self._db.execute(query, [*item.key, self.reader]).fetchone()
+        return dict(zip(FEEDBACK_COLUMNS, values, strict=True)) if values else None
 
     def mark(
         self, item: ReviewItem, verdict: str, comment: str = "", threshold: float = 0.5
@@ -173,11 +177,7 @@ class FeedbackLog:
             "marked_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         with self._transaction():
-            self._db.execute(
-                f"INSERT OR REPLACE INTO marks ({_COLUMNS}) VALUES "
-                f"({', '.join('?' * len(FEEDBACK_COLUMNS))})",
-                [row[c] for c in FEEDBACK_COLUMNS],
-            )
+            self._db.execute(_INSERT, [row[c] for c in FEEDBACK_COLUMNS])
         self.export()
         return row
 
