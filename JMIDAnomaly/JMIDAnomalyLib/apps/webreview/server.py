@@ -50,12 +50,9 @@ def serve(options: ReviewOptions, host: str = DEFAULT_HOST, port: int = 8080) ->
 
     app.server.controller.on_server_bind.add(bind)
 
-    def announce(**_) -> None:
-        scheme = "https" if ssl_context else "http"
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        print(f"JMID review: {access.url(scheme, shown, app.server.port)}", flush=True)
-
-    app.server.controller.on_server_ready.add(announce)
+    app.server.controller.on_server_ready.add(
+        lambda **_: _announce(access, ssl_context, host, app.server.port)
+    )
     app.server.start(host=host, port=port, open_browser=False, timeout=0)
 
 
@@ -72,10 +69,7 @@ def _serve_gateway(options, access, host: str, port: int, ssl_context) -> None:
         runner = web.AppRunner(Gateway(options, access).app(), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
-        bound = runner.addresses[0][1] if runner.addresses else port
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        print(f"JMID review: {access.url('https' if ssl_context else 'http', shown, bound)}")
-        sys.stdout.flush()
+        _announce(access, ssl_context, host, runner.addresses[0][1] if runner.addresses else port)
         stop = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
         try:
@@ -85,6 +79,13 @@ def _serve_gateway(options, access, host: str, port: int, ssl_context) -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
+
+
+def _announce(access, ssl_context, host: str, port: int) -> None:
+    """Print the sign-in URL once the server serves (the tests and benchmarks wait for it)."""
+    scheme = "https" if ssl_context else "http"
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    print(f"JMID review: {access.url(scheme, shown, port)}", flush=True)
 
 
 def _ssl_context(certfile: str, keyfile: str):
