@@ -95,11 +95,17 @@ class Planter:
     def _centre(self, organ_key: str, radius_mm: float) -> np.ndarray | None:
         """A random voxel deep enough inside the organ for a lesion of this radius."""
         mask = self.masks[organ_key]
-        depth = ndimage.distance_transform_edt(mask, sampling=self.spacing_zyx)
+        box = ndimage.find_objects(mask.astype(np.uint8))
+        if not box or box[0] is None:
+            return None
+        # The organ's box with a rim of background: the same depths as on the whole CT.
+        box = tuple(slice(max(b.start - 1, 0), b.stop + 1) for b in box[0])
+        depth = ndimage.distance_transform_edt(mask[box], sampling=self.spacing_zyx)
         candidates = np.argwhere(depth >= min(radius_mm * 0.8, depth.max() * 0.7))
         if len(candidates) == 0:
             return None
-        return candidates[self.rng.integers(len(candidates))].astype(float)
+        offset = np.array([b.start for b in box])
+        return (candidates[self.rng.integers(len(candidates))] + offset).astype(float)
 
     def _finish(self, organ, side, cls, size, centre_kji, region, contrast) -> PlantedFinding:
         label = int(self.finding_mask.max()) + 1
