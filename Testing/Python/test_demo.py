@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 
@@ -35,6 +36,15 @@ def test_demo_runs_end_to_end_and_reuses_its_cache(demo_run):
     assert 0.1 <= len(patients) / len({r["patient_id"] for r in truth}) <= 0.34
     test_metrics = json.loads((out / "evaluation" / "liver" / "test" / "metrics.json").read_text())
     assert test_metrics["cases"] == len(excluded)
+    # ...against the planted findings (the reports' label noise is for training only).
+    with (out / "evaluation" / "liver" / "test" / "predictions.csv").open(encoding="utf-8") as f:
+        labelled = {(r["case_id"], r["class"]): r["label"] for r in csv.DictReader(f)}
+    planted = {
+        (r["case_id"], f["cls"]) for r in truth for f in r["findings"] if f["organ"] == "liver"
+    }
+    assert {k for k, v in labelled.items() if v == "1" and k[1] != "nofinding"} == {
+        k for k in planted if k[0] in excluded
+    }
     # Analysis of the held-out case: never trained on, all outputs valid.
     (analysis,) = (out / "analysis").iterdir()
     assert analysis.name in bundle.meta["config"]["exclude_cases"]
