@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 import re
 import shutil
@@ -170,6 +171,10 @@ def test_browser_review_reads_a_case_and_marks_a_false_positive(review_server, p
     assert {c[0] for c in cells} == {"liver"}
     assert [c[1] for c in cells] == list(ORGAN_CLASSES["liver"])
     assert all(0 <= float(c[2]) <= 1 and 0 < float(c[3]) <= 1 for c in cells)
+    # What is shown is the bundle's calibration of the ensemble, not its raw probability.
+    calibrated, raw = _liver_scores(demo, case)
+    np.testing.assert_allclose([float(c[2]) for c in cells], calibrated, atol=6e-4)
+    assert np.abs(calibrated - raw).max() > 0.01
     # Select the organ: the views centre where the model looked and show its heatmap.
     page.click("#score-row-0")
     page.locator("#status", has_text="Centred on liver").wait_for()
@@ -227,6 +232,23 @@ def test_browser_review_reads_a_case_and_marks_a_false_positive(review_server, p
     with feedback.open(encoding="utf-8", newline="") as f:
         assert [r["verdict"] for r in csv.DictReader(f)] == ["agree"]
     assert process.poll() is None
+
+
+def _liver_scores(demo: Path, case: str) -> tuple[np.ndarray, np.ndarray]:
+    """(calibrated, raw) liver probabilities of a demo case, by the demo's bundle here."""
+    from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map
+    from JMIDAnomalyLib.inference.predictor import AnomalyPredictor
+
+    cohort = demo / "cohort"
+    ct = read_ct(cohort / "images" / f"{case}.nii.gz")
+    seg = read_label_map(cohort / "segs" / f"{case}.nii.gz", reference=ct)
+    names = {int(k): v for k, v in json.loads((cohort / "labels.json").read_text()).items()}
+    predictor = AnomalyPredictor([demo / "training" / "liver" / "bundle"], device="cpu")
+    (liver,) = predictor.analyze(ct, seg, names, explain="none").organs
+    return (
+        np.array([s.probability for s in liver.scores]),
+        np.array([s.raw_probability for s in liver.scores]),
+    )
 
 
 def _serve(command: list[str], log_path: Path) -> tuple[str, subprocess.Popen]:
