@@ -208,7 +208,7 @@ def test_crop_command_writes_overlayable_volumes(reference_data, tmp_path):
     )
     assert status == 0
     liver = sitk.ReadImage(str(out / "liver.nii.gz"))
-    assert liver.GetSize() == (64, 64, 24)
+    assert liver.GetSize() == (64, 64, 40)
     assert sorted(p.name for p in out.iterdir()) == [
         "crops.json",
         "liver.nii.gz",

@@ -47,6 +47,10 @@ def main() -> int:
                 ct, seg, names, organs=["liver"], explain_class=finding["cls"]
             )
             liver = analysis.organs[0]
+            total += 1
+            if liver.heatmap is None:  # e.g. a liver cut off by the CT's z range: not analyzed
+                print(f"{case} {finding['cls']:14s} liver {liver.status}: {liver.message}")
+                continue
             spot = hot_spot_lps(liver.heatmap, Grid.from_image(ct))
             score = next(s for s in liver.scores if s.cls == finding["cls"])
             distance = (
@@ -54,7 +58,6 @@ def main() -> int:
                 if spot is not None
                 else np.inf
             )
-            total += 1
             within += distance <= 10.0
             print(
                 f"{case} {finding['cls']:14s} {finding['size_mm']:5.1f} mm  heatmap "

@@ -89,7 +89,7 @@ class CropConfig:
         """``published`` (64x256x256, 32 samples x 5 slices) or ``demo`` (small, CPU-fast)."""
         presets = {
             "published": cls(),
-            "demo": cls(grid_zyx=(24, 64, 64), samples=8, slices_per_sample=3),
+            "demo": cls(grid_zyx=(40, 64, 64), samples=8, slices_per_sample=5),
         }
         if name not in presets:
             raise InputError("preset", f"unknown preset '{name}' (one of {', '.join(presets)})")

@@ -135,7 +135,7 @@ def _add_crop(parser: argparse.ArgumentParser) -> None:
         "--preset",
         choices=("published", "demo"),
         default="published",
-        help="grid and 2.5D layout: published 64x256x256, demo 24x64x64",
+        help="grid and 2.5D layout: published 64x256x256, demo 40x64x64",
     )
     parser.add_argument("--mode", choices=("mask", "box"), help="mask (default) or bounding box")
     parser.add_argument(
