@@ -65,12 +65,15 @@ def random_transform(
     return composite
 
 
-def displacement_field(transform: sitk.Transform, grid: Grid, step: int = 4) -> sitk.Transform:
-    """``transform`` as a displacement field on ``grid``, evaluated every ``step`` voxels and
-    interpolated linearly in between. The deformation is smooth (a few B-spline control points
-    per axis, affine otherwise), so the field is within 0.05 mm of the exact one, while the CT
-    and the label map are each resampled through a cheap field lookup instead of evaluating
-    the composite transform at every voxel (about 4x faster per case)."""
+def displacement_field(
+    transform: sitk.Transform, reference: sitk.Image, step: int = 4
+) -> sitk.Transform:
+    """``transform`` as a displacement field on the grid of ``reference``, evaluated every
+    ``step`` voxels and interpolated linearly in between. The deformation is smooth (a few
+    B-spline control points per axis, affine otherwise), so the field is within 0.05 mm of the
+    exact one, while the CT and the label map are each resampled through a cheap field lookup
+    instead of evaluating the composite transform at every voxel (about 4x faster per case)."""
+    grid = Grid.from_image(reference)
     size = [max(2, -(-(s - 1) // step) + 1) for s in grid.size]
     spacing = [
         sp * max(s - 1, 1) / (c - 1) for sp, s, c in zip(grid.spacing, grid.size, size, strict=True)
@@ -80,7 +83,7 @@ def displacement_field(transform: sitk.Transform, grid: Grid, step: int = 4) -> 
     )
     fine = sitk.Resample(
         coarse,
-        grid.reference_image(),
+        reference,
         sitk.Transform(),
         sitk.sitkLinear,
         0.0,
@@ -109,7 +112,7 @@ def deform_case(
     origin = grid.index_to_physical([[0, 0, start]])[0]
     out_grid = Grid((grid.size[0], grid.size[1], keep), grid.spacing, tuple(origin), grid.direction)
     reference = out_grid.reference_image()
-    field = displacement_field(transform, out_grid)
+    field = displacement_field(transform, reference)
     moved_ct = sitk.Resample(ct, reference, field, sitk.sitkLinear, -1024.0, sitk.sitkFloat32)
     moved_seg = sitk.Resample(
         label_map, reference, field, sitk.sitkNearestNeighbor, 0, label_map.GetPixelID()

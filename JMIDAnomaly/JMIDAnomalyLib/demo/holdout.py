@@ -45,22 +45,18 @@ def evaluate_test_set(
     )
     thresholds = load_bundle(bundle, weights=False).thresholds
     flagged: dict[tuple[str, str], set[str]] = {}
+    planted: dict[tuple[str, str], set[str]] = {}  # the labels are the planted findings
     with (folder / "predictions.csv").open(encoding="utf-8") as f:
         for row in csv.DictReader(f):
             key = (row["case_id"], row["side"])
             flagged.setdefault(key, set())
-            if (
-                row["class"] != "nofinding"
-                and float(row["probability"]) >= thresholds[row["class"]]
-            ):
+            planted.setdefault(key, set())
+            if row["class"] == "nofinding":
+                continue
+            if float(row["probability"]) >= thresholds[row["class"]]:
                 flagged[key].add(row["class"])
-    planted: dict[tuple[str, str], set[str]] = {key: set() for key in flagged}
-    classes = set(ORGAN_CLASSES[organ])
-    for record in truth:
-        for finding in record["findings"]:
-            key = (record["case_id"], finding["side"] or "")
-            if finding["organ"] == organ and key in planted and finding["cls"] in classes:
-                planted[key].add(finding["cls"])
+            if row["label"] == "1":
+                planted[key].add(row["class"])
     positives = [k for k in flagged if planted[k]]
     normals = [k for k in flagged if not planted[k]]
     return {
