@@ -69,13 +69,27 @@ def _free_port() -> int:
 
 @pytest.fixture
 def review_server(demo_run, jmid_command, tmp_path):
-    """``jmid review`` on the demo's predictions; yields (url, feedback CSV, process)."""
+    """``jmid review`` on the demo's predictions with a copy of its bundle whose calibration
+    is sure to change the scores; yields (url, feedback CSV, process, that bundle)."""
     _, demo, _ = demo_run
     feedback = tmp_path / "feedback.csv"
+    bundle = _recalibrated_bundle(demo / "training" / "liver" / "bundle", tmp_path / "bundle")
     command = _review_of_errors(jmid_command, demo, feedback, "--reader", "dr_test")
+    command[command.index("--bundle") + 1] = str(bundle)
     url, process = _serve(command, tmp_path / "review.log")
-    yield url, feedback, process
+    yield url, feedback, process, bundle
     _stop(process)
+
+
+def _recalibrated_bundle(bundle: Path, out: Path) -> Path:
+    """A copy of ``bundle`` with a Platt map on every class. The test demo's one-epoch models
+    may rank no class, and then calibration keeps the raw scores (identity), which would leave
+    nothing to tell the calibrated values from the raw ones."""
+    shutil.copytree(bundle, out)
+    meta = json.loads((out / "bundle.json").read_text(encoding="utf-8"))
+    meta["calibration"] = {c: {"method": "platt", "a": 3.0, "b": -0.5} for c in meta["classes"]}
+    (out / "bundle.json").write_text(json.dumps(meta), encoding="utf-8")
+    return out
 
 
 def _review_of_errors(jmid_command, demo: Path, feedback: Path, *extra: str) -> list[str]:
@@ -142,7 +156,7 @@ def _save(name: str, png: bytes) -> None:
 
 
 def test_browser_review_reads_a_case_and_marks_a_false_positive(review_server, page, demo_run):
-    url, feedback, process = review_server
+    url, feedback, process, bundle = review_server
     _, demo, _ = demo_run
     base = _base(url)
     assert page.goto(base).status == 401  # no token: nothing but a sign-in hint
@@ -172,7 +186,7 @@ def test_browser_review_reads_a_case_and_marks_a_false_positive(review_server, p
     assert [c[1] for c in cells] == list(ORGAN_CLASSES["liver"])
     assert all(0 <= float(c[2]) <= 1 and 0 < float(c[3]) <= 1 for c in cells)
     # What is shown is the bundle's calibration of the ensemble, not its raw probability.
-    calibrated, raw = _liver_scores(demo, case)
+    calibrated, raw = _liver_scores(demo, bundle, case)
     np.testing.assert_allclose([float(c[2]) for c in cells], calibrated, atol=6e-4)
     assert np.abs(calibrated - raw).max() > 0.01
     # Select the organ: the views centre where the model looked and show its heatmap.
@@ -234,8 +248,8 @@ def test_browser_review_reads_a_case_and_marks_a_false_positive(review_server, p
     assert process.poll() is None
 
 
-def _liver_scores(demo: Path, case: str) -> tuple[np.ndarray, np.ndarray]:
-    """(calibrated, raw) liver probabilities of a demo case, by the demo's bundle here."""
+def _liver_scores(demo: Path, bundle: Path, case: str) -> tuple[np.ndarray, np.ndarray]:
+    """(calibrated, raw) liver probabilities of a demo case, by ``bundle`` here."""
     from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map
     from JMIDAnomalyLib.inference.predictor import AnomalyPredictor
 
@@ -243,7 +257,7 @@ def _liver_scores(demo: Path, case: str) -> tuple[np.ndarray, np.ndarray]:
     ct = read_ct(cohort / "images" / f"{case}.nii.gz")
     seg = read_label_map(cohort / "segs" / f"{case}.nii.gz", reference=ct)
     names = {int(k): v for k, v in json.loads((cohort / "labels.json").read_text()).items()}
-    predictor = AnomalyPredictor([demo / "training" / "liver" / "bundle"], device="cpu")
+    predictor = AnomalyPredictor([bundle], device="cpu")
     (liver,) = predictor.analyze(ct, seg, names, explain="none").organs
     return (
         np.array([s.probability for s in liver.scores]),

@@ -52,7 +52,7 @@ DEMO_TRAINING = {"lr": 1e-3, "class_weighting": True, "crop": {"margin_mm": -3.0
 
 @dataclass
 class DemoSettings:
-    """Sizes of the demo run (the defaults finish in about 13 minutes on 2 CPU cores): 320
+    """Sizes of the demo run (the defaults finish in 13-22 minutes on 2 CPU cores): 320
     cases, 3 folds of 36 epochs, the best held-out figures of the recipes measured within that
     time (README, Training)."""
 

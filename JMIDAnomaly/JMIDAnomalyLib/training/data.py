@@ -146,8 +146,11 @@ class CropDataset(torch.utils.data.Dataset):
     """Samples as model input: 2.5D stacks (S, C, H, W) or a 3D crop (1, Z, Y, X).
 
     Each item's crop is read from the cache and dequantised where the item is made (in the
-    DataLoader's workers). Augmentation (training only, MONAI): small rotations and scaling,
-    intensity scaling and Gaussian noise; no flips (left and right are anatomy). Its random
+    DataLoader's workers). Augmentation (training only, MONAI): small rotations and scaling
+    and Gaussian noise; no flips (left and right are anatomy), and no intensity scaling: HU are
+    calibrated, and scaling the windowed values by 10% moved a water-density lesion by up to
+    10 HU against an unchanged liver, about the margin between a cyst (0-15 HU) and a
+    hypodense mass (14-54 HU in a normal demo liver; README, Training). Its random
     draws are seeded from (seed, epoch, item), never from the worker, so a run gives the same
     batches with any number of workers. An index ``i`` is item ``i % len`` in epoch
     ``i // len`` (what :class:`EpochSampler` yields).
@@ -169,7 +172,7 @@ class CropDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.transform = None
         if augment:
-            from monai.transforms import Compose, RandAffine, RandGaussianNoise, RandScaleIntensity
+            from monai.transforms import Compose, RandAffine, RandGaussianNoise
 
             self.transform = Compose(
                 [
@@ -179,7 +182,6 @@ class CropDataset(torch.utils.data.Dataset):
                         scale_range=(0.1, 0.1, 0.1),
                         padding_mode="border",
                     ),
-                    RandScaleIntensity(factors=0.1, prob=0.5),
                     RandGaussianNoise(prob=0.3, std=0.03),
                 ]
             )
