@@ -74,8 +74,7 @@ def review_server(demo_run, jmid_command, tmp_path):
     _, demo, _ = demo_run
     feedback = tmp_path / "feedback.csv"
     bundle = _recalibrated_bundle(demo / "training" / "liver" / "bundle", tmp_path / "bundle")
-    command = _review_of_errors(jmid_command, demo, feedback, "--reader", "dr_test")
-    command[command.index("--bundle") + 1] = str(bundle)
+    command = _review_of_errors(jmid_command, demo, feedback, "--reader", "dr_test", bundle=bundle)
     url, process = _serve(command, tmp_path / "review.log")
     yield url, feedback, process, bundle
     _stop(process)
@@ -92,13 +91,16 @@ def _recalibrated_bundle(bundle: Path, out: Path) -> Path:
     return out
 
 
-def _review_of_errors(jmid_command, demo: Path, feedback: Path, *extra: str) -> list[str]:
-    """``jmid review`` of the demo's liver predictions, marks into ``feedback``."""
+def _review_of_errors(
+    jmid_command, demo: Path, feedback: Path, *extra: str, bundle: Path | None = None
+) -> list[str]:
+    """``jmid review`` of the demo's liver predictions (by its bundle, or ``bundle``), marks
+    into ``feedback``."""
     return [
         *jmid_command,
         "review",
         "--bundle",
-        str(demo / "training" / "liver" / "bundle"),
+        str(bundle or demo / "training" / "liver" / "bundle"),
         "--cases",
         str(demo / "evaluation" / "liver" / "predictions.csv"),
         "--data-root",
@@ -250,13 +252,14 @@ def test_browser_review_reads_a_case_and_marks_a_false_positive(review_server, p
 
 def _liver_scores(demo: Path, bundle: Path, case: str) -> tuple[np.ndarray, np.ndarray]:
     """(calibrated, raw) liver probabilities of a demo case, by ``bundle`` here."""
+    from JMIDAnomalyLib.imaging.label_tables import read_label_names
     from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map
     from JMIDAnomalyLib.inference.predictor import AnomalyPredictor
 
     cohort = demo / "cohort"
     ct = read_ct(cohort / "images" / f"{case}.nii.gz")
     seg = read_label_map(cohort / "segs" / f"{case}.nii.gz", reference=ct)
-    names = {int(k): v for k, v in json.loads((cohort / "labels.json").read_text()).items()}
+    names = read_label_names(cohort / "labels.json")
     predictor = AnomalyPredictor([bundle], device="cpu")
     (liver,) = predictor.analyze(ct, seg, names, explain="none").organs
     return (
