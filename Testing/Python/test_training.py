@@ -188,6 +188,56 @@ def test_calibration_fixes_overconfident_scores(positives, method):
     assert expected_calibration_error(honest, y) < 0.5 * expected_calibration_error(raw, y)
 
 
+def test_thresholds_lie_between_isotonic_levels():
+    """Isotonic calibration gives many cases the same score; the stored threshold lies between
+    two levels, so the predictions.csv copy (5 decimals) flags the same cases."""
+    from JMIDAnomalyLib.models.calibration import apply_class, fit_class
+    from JMIDAnomalyLib.training.job import youden_thresholds
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(60), np.zeros(200)]
+    raw = np.clip(
+        0.5 * y + rng.uniform(0, 0.45, len(y)) + 0.2 * (y * (rng.random(len(y)) < 0.1)), 0, 1
+    )
+    calibration = fit_class(raw, y)
+    assert calibration["method"] == "isotonic"
+    p = apply_class(calibration, raw)
+    threshold = youden_thresholds(y[:, None], p[:, None], np.ones((len(y), 1)), ["cls"])["cls"]
+    assert np.all(np.round(p[y == 1], 5) >= threshold) and np.all(p[y == 0] < threshold)
+    assert not np.any(np.isclose(p, threshold))
+
+
+def test_thresholds_keep_the_minimum_specificity():
+    """Where a class's curve is flat (scores that overlap), plain Youden may flag most normals;
+    ``min_specificity`` keeps the threshold where at least that share of negatives is clear."""
+    from JMIDAnomalyLib.training.job import youden_thresholds
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(100), np.zeros(300)]
+    p = np.where(y == 1, rng.uniform(0.3, 1, len(y)), rng.uniform(0, 0.8, len(y)))[:, None]
+    args = (y[:, None], p, np.ones((len(y), 1)), ["cls"])
+    plain, kept = youden_thresholds(*args)["cls"], youden_thresholds(*args, 0.9)["cls"]
+    specificity = np.mean(p[y == 0, 0] < kept)
+    assert np.mean(p[y == 0, 0] < plain) < 0.9 <= specificity < 0.92
+    assert youden_thresholds(*args, 0.0)["cls"] == plain
+
+
+def test_ece_floor_of_a_calibrated_model_shrinks_with_the_test_set():
+    """A perfectly calibrated model's binned ECE on a small test set is far above zero; the
+    floor the held-out table prints beside the ECE is that value, and it shrinks as 1/sqrt(n)."""
+    from JMIDAnomalyLib.models.calibration import ece_if_calibrated, expected_calibration_error
+
+    rng = np.random.default_rng(1)
+    floors = {}
+    for n in (54, 864):
+        p = np.where(rng.random(n) < 0.2, rng.uniform(0.5, 1, n), rng.uniform(0, 0.1, n))
+        measured = [expected_calibration_error(p, rng.random(n) < p) for _ in range(300)]
+        floors[n] = ece_if_calibrated(p)
+        assert abs(floors[n] - np.mean(measured)) < 0.15 * floors[n]
+    assert floors[54] > 0.05 and 3 < floors[54] / floors[864] < 5
+    assert ece_if_calibrated(np.r_[np.zeros(50), np.ones(50)]) == 0
+
+
 class Smuggled:
     """Stands for code a malicious weights file could carry."""
 
@@ -274,6 +324,7 @@ def test_evaluate_oof_and_held_out(data, tmp_path):
         assert metrics["organ"] == "liver" and metrics["cases"] == 12
         for entry in metrics["classes"]:
             assert 0 <= entry["ece"] <= 1 and 0 <= entry["ece_raw"] <= 1
+            assert 0 <= entry["ece_if_calibrated"] <= 1
             assert (tmp_path / folder / f"reliability_{entry['class']}.png").is_file()
         nofinding = next(c for c in metrics["classes"] if c["class"] == "nofinding")
         assert nofinding["positives"] + nofinding["negatives"] == 12

@@ -1,7 +1,7 @@
 """Training on the demo cohort (CPU, demo preset): out-of-fold AUC per liver class, time, and
 training against data-loading throughput.
 
-Builds a cohort (default 300 cases, so the planted liver classes reach 15 positives), imports its
+Builds a cohort (default the demo's size, ``DemoSettings.cases``), imports its
 labels, trains the liver ensemble (the demo's folds, mil_local) and prints the out-of-fold AUC of
 each liver class with at least 15 positives (target >= 0.85, all folds in < 10 min), then times one
 epoch of data loading alone against one epoch of training (cases/s) to show whether loading
@@ -13,7 +13,7 @@ on every case (no held-out set); ``--model mil_small`` is
 the whole-slice encoder and ``--published-crop --no-class-weighting --lr 3e-4`` the
 published-style recipe, for comparison.
 
-Usage: .venv/bin/python Testing/benchmarks/bench_training.py [--cases 300] [--epochs N] [--folds K]
+Usage: .venv/bin/python Testing/benchmarks/bench_training.py [--cases N] [--epochs N] [--folds K]
        [--work DIR] [--lr 1e-3] [--model mil_local] [--no-class-weighting]
        [--published-crop | --margin-mm -3 --fill-hu 94] [--hu-window LOW HIGH]
 """
@@ -42,7 +42,7 @@ from sklearn.metrics import roc_auc_score  # noqa: E402
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=300)
+    parser.add_argument("--cases", type=int, default=DemoSettings.cases)
     parser.add_argument("--epochs", type=int, default=DemoSettings.epochs)
     parser.add_argument("--folds", type=int, default=DemoSettings.folds)
     parser.add_argument("--work", type=Path, default=Path("bench-training"))

@@ -75,6 +75,9 @@ class TrainConfig:
             whose fields apply where a configuration file (:meth:`from_dict`, :meth:`load`)
             does not set them; the saved ``config.json`` holds the resolved values.
         exclude_cases: case ids left out of training (a held-out test set).
+        min_specificity: each class's threshold maximises Youden's J among the out-of-fold
+            operating points with at least this specificity (0: plain Youden), so no class is
+            flagged on most normals where its curve is flat.
         tensorboard / mlflow: logging (MLflow only when installed).
     """
 
@@ -108,6 +111,7 @@ class TrainConfig:
     tensorboard: bool = True
     mlflow: bool = False
     exclude_cases: list = field(default_factory=list)
+    min_specificity: float = 0.8
     preset: str = ""
 
     def __post_init__(self) -> None:
@@ -117,6 +121,8 @@ class TrainConfig:
             raise InputError("loss", "must be 'bce' or 'focal'")
         if self.folds < 2 or self.epochs < 1 or self.batch_size < 1:
             raise InputError("training", "needs folds >= 2, epochs >= 1 and batch_size >= 1")
+        if not 0 <= self.min_specificity < 1:
+            raise InputError("min_specificity", f"must be within 0..1, got {self.min_specificity}")
 
     def to_dict(self) -> dict:
         """The configuration as JSON-ready values (``config.json``, the bundle)."""

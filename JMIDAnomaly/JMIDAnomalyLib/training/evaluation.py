@@ -240,6 +240,7 @@ def calibration_report(
             after = calibration_maps.cross_fit_class(raw, y, np.array([r["fold"] for r in picked]))
         entry["ece_raw"] = calibration_maps.expected_calibration_error(raw, y)
         entry["ece"] = calibration_maps.expected_calibration_error(after, y)
+        entry["ece_if_calibrated"] = calibration_maps.ece_if_calibrated(after)
         figure, ax = plt.subplots(figsize=(4, 4))
         ax.plot([0, 1], [0, 1], color="gray", linestyle=":")
         for values, name, colour in ((raw, "raw", "tab:gray"), (after, "calibrated", "tab:red")):

@@ -35,13 +35,22 @@ logger = logging.getLogger(__name__)
 
 
 def youden_thresholds(
-    labels: np.ndarray, probs: np.ndarray, known: np.ndarray, classes: Sequence[str]
+    labels: np.ndarray,
+    probs: np.ndarray,
+    known: np.ndarray,
+    classes: Sequence[str],
+    min_specificity: float = 0.0,
 ) -> dict[str, float]:
-    """Per class, the threshold maximising sensitivity + specificity - 1 (0.5 when undefined).
+    """Per class, the threshold maximising sensitivity + specificity - 1 (0.5 when undefined)
+    among those with at least ``min_specificity``, placed just under the lowest score it flags
+    (by 1e-4, or half the gap to the next lower score). A threshold equal to a score would
+    leave that score's cases to rounding: isotonic calibration maps many cases to one value,
+    and a copy of it rounded to 5 decimals (predictions.csv) or to float32 falls under it.
 
     Args:
         labels, probs, known: (N, K) labels (0/1), probabilities and 1 where the label is known.
         classes: the K class names.
+        min_specificity: the lowest specificity a threshold may have.
     """
     from sklearn.metrics import roc_curve
 
@@ -50,9 +59,12 @@ def youden_thresholds(
         mask = (known[:, k] > 0) & ~np.isnan(probs[:, k])
         y = labels[mask, k]
         if 0 < y.sum() < len(y):
-            fpr, tpr, thresholds = roc_curve(y, probs[mask, k])
-            best = int(np.argmax(tpr - fpr))
-            out[cls] = float(min(max(thresholds[best], 0.0), 1.0))
+            fpr, tpr, scores = roc_curve(y, probs[mask, k], drop_intermediate=False)
+            allowed = fpr <= 1 - min_specificity + 1e-12  # the first point (flag none) is
+            best = int(np.argmax(np.where(allowed, tpr - fpr, -np.inf)))  # always allowed
+            lower = scores[best + 1] if best + 1 < len(scores) else 0.0
+            below = scores[best] - min(1e-4, (scores[best] - lower) / 2)
+            out[cls] = float(min(max(below, 0.0), 1.0))
         else:
             out[cls] = 0.5
     return out
@@ -221,7 +233,7 @@ def _write_bundle(
         "model_kwargs": kwargs,
         "preprocessing": crop.to_dict(),
         "calibration": calibration,
-        "thresholds": youden_thresholds(labels, calibrated, known, classes),
+        "thresholds": youden_thresholds(labels, calibrated, known, classes, config.min_specificity),
         "training": {
             **data_summary,
             "patients": len({s.patient_id for s in samples}),
