@@ -122,13 +122,16 @@ def ece_if_calibrated(p: np.ndarray, draws: int = 2000, bins: int = 10, seed: in
     p = np.asarray(p, np.float64)
     if not len(p):
         return float("nan")
-    y = np.random.default_rng(seed).random((draws, len(p))) < p
+    rng = np.random.default_rng(seed)
     index = np.minimum((p * bins).astype(int), bins - 1)
-    total = np.zeros(draws)
-    for b in np.unique(index):
-        members = index == b
-        total += members.mean() * np.abs(y[:, members].mean(1) - p[members].mean())
-    return float(total.mean())
+    total = 0.0
+    for start in range(0, draws, 100):  # 100 label sets at a time: memory 100 x cases
+        y = rng.random((min(100, draws - start), len(p))) < p
+        for b in np.unique(index):
+            members = index == b
+            gap = np.abs(y[:, members].mean(1) - p[members].mean())
+            total += members.mean() * gap.sum()
+    return float(total / draws)
 
 
 def reliability(p: np.ndarray, y: np.ndarray, bins: int = 10) -> tuple[np.ndarray, np.ndarray]:
