@@ -100,17 +100,17 @@ def cross_fit_class(raw: np.ndarray, y: np.ndarray, folds: np.ndarray) -> np.nda
 
 def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
     """ECE: the mean over equal-width probability bins of |observed rate - mean probability|,
-    weighted by the bin's share of cases."""
-    p, y = np.asarray(p, np.float64), np.asarray(y, np.float64)
+    weighted by the bin's share of cases. ``y`` (n,) gives a float; label sets (draws, n) for
+    the same predictions give one ECE per set (an array)."""
+    p, y = np.asarray(p, np.float64), np.asarray(y)  # 0/1 or bool: means need no float copy
     if not len(p):
         return float("nan")
     index = np.minimum((p * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
+    total = np.zeros(y.shape[:-1])
+    for b in np.unique(index):
         members = index == b
-        if members.any():
-            total += members.mean() * abs(y[members].mean() - p[members].mean())
-    return float(total)
+        total += members.mean() * np.abs(y[..., members].mean(-1) - p[members].mean())
+    return float(total) if total.ndim == 0 else total
 
 
 def ece_if_calibrated(p: np.ndarray, draws: int = 2000, bins: int = 10, seed: int = 0) -> float:
@@ -123,14 +123,10 @@ def ece_if_calibrated(p: np.ndarray, draws: int = 2000, bins: int = 10, seed: in
     if not len(p):
         return float("nan")
     rng = np.random.default_rng(seed)
-    index = np.minimum((p * bins).astype(int), bins - 1)
     total = 0.0
     for start in range(0, draws, 100):  # 100 label sets at a time: memory 100 x cases
-        y = rng.random((min(100, draws - start), len(p))) < p
-        for b in np.unique(index):
-            members = index == b
-            gap = np.abs(y[:, members].mean(1) - p[members].mean())
-            total += members.mean() * gap.sum()
+        labels = rng.random((min(100, draws - start), len(p))) < p
+        total += expected_calibration_error(p, labels, bins).sum()
     return float(total / draws)
 
 

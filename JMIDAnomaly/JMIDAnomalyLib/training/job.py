@@ -60,8 +60,9 @@ def youden_thresholds(
         y = labels[mask, k]
         if 0 < y.sum() < len(y):
             fpr, tpr, scores = roc_curve(y, probs[mask, k], drop_intermediate=False)
-            allowed = fpr <= 1 - min_specificity + 1e-12  # the first point (flag none) is
-            best = int(np.argmax(np.where(allowed, tpr - fpr, -np.inf)))  # always allowed
+            # The first point (flag none, specificity 1) is always allowed.
+            allowed = fpr <= 1 - min_specificity + 1e-12
+            best = int(np.argmax(np.where(allowed, tpr - fpr, -np.inf)))
             lower = scores[best + 1] if best + 1 < len(scores) else 0.0
             below = scores[best] - min(1e-4, (scores[best] - lower) / 2)
             out[cls] = float(min(max(below, 0.0), 1.0))
