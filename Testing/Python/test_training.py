@@ -188,38 +188,71 @@ def test_calibration_fixes_overconfident_scores(positives, method):
     assert expected_calibration_error(honest, y) < 0.5 * expected_calibration_error(raw, y)
 
 
-def test_thresholds_lie_between_isotonic_levels():
-    """Isotonic calibration gives many cases the same score; the stored threshold lies between
-    two levels, so the predictions.csv copy (5 decimals) flags the same cases."""
+def test_isotonic_calibration_ties_no_cases_and_keeps_the_auc():
+    """Centred isotonic calibration rises strictly between its first and last block, so it
+    keeps every raw score's order and AUC (plain isotonic regression is flat over each block:
+    cases tie and AUC falls), and it is still calibrated on the cases it was fitted on."""
     from JMIDAnomalyLib.models.calibration import apply_class, fit_class
-    from JMIDAnomalyLib.training.job import youden_thresholds
+    from sklearn.metrics import roc_auc_score
 
     rng = np.random.default_rng(0)
-    y = np.r_[np.ones(60), np.zeros(200)]
-    raw = np.clip(
-        0.5 * y + rng.uniform(0, 0.45, len(y)) + 0.2 * (y * (rng.random(len(y)) < 0.1)), 0, 1
-    )
+    raw = rng.uniform(0, 1, 400)
+    y = (rng.random(400) < raw**2).astype(float)
     calibration = fit_class(raw, y)
     assert calibration["method"] == "isotonic"
     p = apply_class(calibration, raw)
-    threshold = youden_thresholds(y[:, None], p[:, None], np.ones((len(y), 1)), ["cls"])["cls"]
-    assert np.all(np.round(p[y == 1], 5) >= threshold) and np.all(p[y == 0] < threshold)
-    assert not np.any(np.isclose(p, threshold))
+    inside = (raw > calibration["x"][0]) & (raw < calibration["x"][-1])
+    order = np.argsort(raw[inside])
+    assert np.all(np.diff(p[inside][order]) > 0)
+    assert roc_auc_score(y, p) == pytest.approx(roc_auc_score(y, raw), abs=1e-3)
+    assert abs(p.mean() - y.mean()) < 0.01
 
 
-def test_thresholds_keep_the_minimum_specificity():
-    """Where a class's curve is flat (scores that overlap), plain Youden may flag most normals;
-    ``min_specificity`` keeps the threshold where at least that share of negatives is clear."""
-    from JMIDAnomalyLib.training.job import youden_thresholds
+def test_thresholds_lie_between_calibrated_levels():
+    """Calibration can give cases the same score (isotonic regression's lowest and highest
+    blocks); the stored threshold lies between two scores, so the predictions.csv copy
+    (5 decimals) flags the same cases."""
+    from JMIDAnomalyLib.training.job import choose_thresholds
 
     rng = np.random.default_rng(0)
-    y = np.r_[np.ones(100), np.zeros(300)]
-    p = np.where(y == 1, rng.uniform(0.3, 1, len(y)), rng.uniform(0, 0.8, len(y)))[:, None]
+    y = np.r_[np.ones(60), np.zeros(200)]
+    p = np.round(np.clip(0.5 * y + rng.uniform(0, 0.45, len(y)), 0, 1), 1)  # tied levels
+    for rule in ("balanced", "youden"):
+        args = (y[:, None], p[:, None], np.ones((len(y), 1)), ["cls"], rule)
+        threshold = choose_thresholds(*args)["cls"]
+        assert np.all(np.round(p[y == 1], 5) >= threshold) and np.all(p[y == 0] < threshold)
+        assert not np.any(np.isclose(p, threshold))
+
+
+def test_threshold_rules_and_the_minimum_specificity():
+    """``youden`` maximises sensitivity + specificity, ``balanced`` the lower of the two; on a
+    steep curve Youden stops early (high specificity, low sensitivity) where the balanced point
+    flags more positives with both above 0.8. Where a curve is flat, ``min_specificity`` keeps
+    the threshold where at least that share of negatives is clear."""
+    from JMIDAnomalyLib.training.job import choose_thresholds
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(100), np.zeros(400)]
+    # 80% of the positives above every negative; the rest among a quarter of the negatives,
+    # where each positive flagged costs more specificity than it adds sensitivity.
+    hard = rng.random(len(y)) < np.where(y == 1, 0.2, 0.25)
+    p = np.where(hard, rng.uniform(0.4, 0.6, len(y)), 0.0)
+    p += np.where(~hard & (y == 1), rng.uniform(0.85, 0.95, len(y)), 0.0)
+    p = (p + np.where(~hard & (y == 0), rng.uniform(0, 0.3, len(y)), 0.0))[:, None]
     args = (y[:, None], p, np.ones((len(y), 1)), ["cls"])
-    plain, kept = youden_thresholds(*args)["cls"], youden_thresholds(*args, 0.9)["cls"]
-    specificity = np.mean(p[y == 0, 0] < kept)
-    assert np.mean(p[y == 0, 0] < plain) < 0.9 <= specificity < 0.92
-    assert youden_thresholds(*args, 0.0)["cls"] == plain
+
+    def rates(threshold):
+        return np.mean(p[y == 1, 0] >= threshold), np.mean(p[y == 0, 0] < threshold)
+
+    youden, balanced = (rates(choose_thresholds(*args, r)["cls"]) for r in ("youden", "balanced"))
+    assert youden[0] <= 0.85 < 0.88 < min(balanced) and youden[1] > 0.97  # (0.85, 0.975)
+    rng, y = np.random.default_rng(0), np.r_[np.ones(100), np.zeros(300)]
+    flat = np.where(y == 1, rng.uniform(0.3, 1, len(y)), rng.uniform(0, 0.8, len(y)))[:, None]
+    args = (y[:, None], flat, np.ones((len(y), 1)), ["cls"], "youden")
+    plain, kept = choose_thresholds(*args)["cls"], choose_thresholds(*args, 0.9)["cls"]
+    assert np.mean(flat[y == 0, 0] < plain) < 0.9 <= np.mean(flat[y == 0, 0] < kept) < 0.92
+    with pytest.raises(ValueError, match="threshold rule"):
+        choose_thresholds(*args[:4], "best")
 
 
 def test_ece_floor_of_a_calibrated_model_shrinks_with_the_test_set():
@@ -280,6 +313,8 @@ def test_config_round_trip_and_errors(tmp_path):
         TrainConfig.load(path)
     with pytest.raises(InputError, match="not one of"):
         TrainConfig(organ="lung")
+    with pytest.raises(InputError, match="threshold_rule.*'balanced' or 'youden', not 'best'"):
+        TrainConfig(threshold_rule="best")
 
 
 def test_evaluate_oof_and_held_out(data, tmp_path):

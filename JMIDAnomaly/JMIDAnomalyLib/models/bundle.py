@@ -5,8 +5,9 @@
                          preprocessing (crop config incl. HU window, grid, 2.5D layout),
                          per-class calibration (fitted on the out-of-fold predictions:
                          :mod:`~JMIDAnomalyLib.models.calibration`; absent in older
-                         bundles, whose scores are raw) and thresholds (Youden on the
-                         calibrated out-of-fold predictions),
+                         bundles, whose scores are raw) and thresholds (chosen on the
+                         calibrated out-of-fold predictions by the training configuration's
+                         ``threshold_rule``),
                          training data summary (counts, label-file hash), library versions,
                          and the training configuration
       fold_<k>.pt        state dicts (tensors only)
@@ -84,7 +85,7 @@ class Bundle:
 
     @property
     def thresholds(self) -> dict[str, float]:
-        """Class -> decision threshold (Youden on the out-of-fold predictions)."""
+        """Class -> decision threshold (chosen on the out-of-fold predictions)."""
         return self.meta["thresholds"]
 
     @property

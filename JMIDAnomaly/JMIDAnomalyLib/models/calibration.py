@@ -3,10 +3,12 @@ what they say, fitted on out-of-fold predictions and stored in the bundle.
 
 Per class, Platt scaling (a logistic regression on the logit of the raw probability, scikit-
 learn) or, where there are at least :data:`MIN_ISOTONIC` positives and as many negatives,
-isotonic regression (scikit-learn, stored as its breakpoints). Both are non-decreasing in the
-raw score, so a calibrated score never reorders cases (and AUC is unchanged); Platt is kept
-strictly increasing, else the class keeps its raw scores. Every consumer (analysis, the browser
-review, the Slicer table, evaluation) applies the bundle's calibration through
+centred isotonic regression (Oron & Flournoy 2017: scikit-learn's isotonic fit, each pooled
+block's rate placed at the block's mean raw score, linear in between; stored as those points).
+Both are strictly increasing in the raw score (centred isotonic between its first and last
+block, flat beyond), so a calibrated score never reorders nor ties cases and AUC is unchanged;
+a Platt fit that does not rise leaves the class with its raw scores. Every consumer (analysis,
+the browser review, the Slicer table, evaluation) applies the bundle's calibration through
 :func:`calibrate`. :func:`cross_fit_class` calibrates each fold's out-of-fold predictions with
 a map fitted on the other folds, so the figures reported after calibration are not fitted on
 the cases they are measured on.
@@ -38,11 +40,16 @@ def fit_class(raw: np.ndarray, y: np.ndarray) -> dict:
     if min(positives, len(y) - positives) >= MIN_ISOTONIC:
         from sklearn.isotonic import IsotonicRegression
 
-        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(raw, y)
+        # Centred isotonic regression: each pooled block's rate at its mean raw score, linear
+        # in between, so the map rises strictly there and ties no cases (plain isotonic
+        # regression is flat over each block: cases tie, AUC falls, thresholds are coarse).
+        fitted = IsotonicRegression(y_min=0.0, y_max=1.0).fit_transform(raw, y)
+        levels, block = np.unique(fitted, return_inverse=True)
+        centres = np.bincount(block, raw) / np.bincount(block)
         return {
             "method": "isotonic",
-            "x": [float(v) for v in iso.X_thresholds_],
-            "y": [float(v) for v in iso.y_thresholds_],
+            "x": [float(v) for v in centres],
+            "y": [float(v) for v in levels],
         }
     from sklearn.linear_model import LogisticRegression
 

@@ -13,6 +13,9 @@ from pathlib import Path
 from JMIDAnomalyLib.common.errors import InputError, check_known_keys
 from JMIDAnomalyLib.common.organs import ORGANS
 
+#: How a class's threshold is chosen (:attr:`TrainConfig.threshold_rule`).
+THRESHOLD_RULES = ("balanced", "youden")
+
 #: Named recipes: the fields a configuration's ``preset`` sets (the file's own keys win).
 #: ``published`` is the reference design: tf_efficientnetv2_s (in_chans 5) with a 2-layer
 #: BiLSTM of 256, 64x256x256 crops in 32 samples of 5 slices, the per-sample BCE objective,
@@ -75,9 +78,13 @@ class TrainConfig:
             whose fields apply where a configuration file (:meth:`from_dict`, :meth:`load`)
             does not set them; the saved ``config.json`` holds the resolved values.
         exclude_cases: case ids left out of training (a held-out test set).
-        min_specificity: each class's threshold maximises Youden's J among the out-of-fold
-            operating points with at least this specificity (0: plain Youden), so no class is
-            flagged on most normals where its curve is flat.
+        threshold_rule: how each class's threshold is chosen on the calibrated out-of-fold
+            predictions: ``balanced`` (default) maximises the lower of sensitivity and
+            specificity, ``youden`` maximises their sum (Youden's J), which on a steep curve
+            buys a little specificity with much sensitivity.
+        min_specificity: either rule chooses among the operating points with at least this
+            out-of-fold specificity (0: all), so no class is flagged on most normals where its
+            curve is flat.
         tensorboard / mlflow: logging (MLflow only when installed).
     """
 
@@ -111,6 +118,7 @@ class TrainConfig:
     tensorboard: bool = True
     mlflow: bool = False
     exclude_cases: list = field(default_factory=list)
+    threshold_rule: str = "balanced"
     min_specificity: float = 0.8
     preset: str = ""
 
@@ -121,6 +129,9 @@ class TrainConfig:
             raise InputError("loss", "must be 'bce' or 'focal'")
         if self.folds < 2 or self.epochs < 1 or self.batch_size < 1:
             raise InputError("training", "needs folds >= 2, epochs >= 1 and batch_size >= 1")
+        if self.threshold_rule not in THRESHOLD_RULES:
+            rules = "' or '".join(THRESHOLD_RULES)
+            raise InputError("threshold_rule", f"must be '{rules}', not '{self.threshold_rule}'")
         if not 0 <= self.min_specificity < 1:
             raise InputError("min_specificity", f"must be within 0..1, got {self.min_specificity}")
 

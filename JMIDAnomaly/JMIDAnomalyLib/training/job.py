@@ -25,7 +25,7 @@ from JMIDAnomalyLib.imaging.manifest import read_manifest
 from JMIDAnomalyLib.models import calibration as calibration_maps
 from JMIDAnomalyLib.models.bundle import save_bundle
 from JMIDAnomalyLib.models.registry import LAYOUT_25D, model_input
-from JMIDAnomalyLib.training.config import TrainConfig
+from JMIDAnomalyLib.training.config import THRESHOLD_RULES, TrainConfig
 from JMIDAnomalyLib.training.data import CaseSample, load_samples, read_organ_labels
 from JMIDAnomalyLib.training.evaluation import prediction_rows, write_predictions
 from JMIDAnomalyLib.training.objectives import split_folds
@@ -34,35 +34,41 @@ from JMIDAnomalyLib.training.trainer import FoldTrainer, seed_everything
 logger = logging.getLogger(__name__)
 
 
-def youden_thresholds(
+def choose_thresholds(
     labels: np.ndarray,
     probs: np.ndarray,
     known: np.ndarray,
     classes: Sequence[str],
+    rule: str = "balanced",
     min_specificity: float = 0.0,
 ) -> dict[str, float]:
-    """Per class, the threshold maximising sensitivity + specificity - 1 (0.5 when undefined)
-    among those with at least ``min_specificity``, placed just under the lowest score it flags
-    (by 1e-4, or half the gap to the next lower score). A threshold equal to a score would
-    leave that score's cases to rounding: isotonic calibration maps many cases to one value,
-    and a copy of it rounded to 5 decimals (predictions.csv) or to float32 falls under it.
+    """Per class, the threshold (0.5 when undefined) that ``rule`` prefers among those with at
+    least ``min_specificity``: ``balanced`` maximises min(sensitivity, specificity),
+    ``youden`` sensitivity + specificity - 1. It is placed just under the lowest score it
+    flags (by 1e-4, or half the gap to the next lower score): a threshold equal to a score
+    would leave that score's cases to rounding (a copy rounded to 5 decimals in
+    predictions.csv, or to float32, falls under it).
 
     Args:
         labels, probs, known: (N, K) labels (0/1), probabilities and 1 where the label is known.
         classes: the K class names.
+        rule: ``balanced`` or ``youden`` (:data:`THRESHOLD_RULES`).
         min_specificity: the lowest specificity a threshold may have.
     """
     from sklearn.metrics import roc_curve
 
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"threshold rule must be one of {THRESHOLD_RULES}, not {rule!r}")
     out = {}
     for k, cls in enumerate(classes):
         mask = (known[:, k] > 0) & ~np.isnan(probs[:, k])
         y = labels[mask, k]
         if 0 < y.sum() < len(y):
             fpr, tpr, scores = roc_curve(y, probs[mask, k], drop_intermediate=False)
+            merit = np.minimum(tpr, 1 - fpr) if rule == "balanced" else tpr - fpr
             # The first point (flag none, specificity 1) is always allowed.
             allowed = fpr <= 1 - min_specificity + 1e-12
-            best = int(np.argmax(np.where(allowed, tpr - fpr, -np.inf)))
+            best = int(np.argmax(np.where(allowed, merit, -np.inf)))
             lower = scores[best + 1] if best + 1 < len(scores) else 0.0
             below = scores[best] - min(1e-4, (scores[best] - lower) / 2)
             out[cls] = float(min(max(below, 0.0), 1.0))
@@ -234,7 +240,9 @@ def _write_bundle(
         "model_kwargs": kwargs,
         "preprocessing": crop.to_dict(),
         "calibration": calibration,
-        "thresholds": youden_thresholds(labels, calibrated, known, classes, config.min_specificity),
+        "thresholds": choose_thresholds(
+            labels, calibrated, known, classes, config.threshold_rule, config.min_specificity
+        ),
         "training": {
             **data_summary,
             "patients": len({s.patient_id for s in samples}),
