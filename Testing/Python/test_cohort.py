@@ -138,3 +138,42 @@ def test_cohort_from_another_ct(reference_data, tmp_path):
     bad = tmp_path / "bad"
     assert main([*args[:2], str(bad), *args[3:], str(reference_data.ct_seg)]) == 2
     assert not bad.exists()
+    assert main(["cohort", "--out", str(bad), "--source-enhanced"]) == 2
+    assert not bad.exists()
+
+
+def test_cohort_from_a_contrast_enhanced_dicom_series(reference_data, tmp_path):
+    """Cases made from another patient (the example DICOM series with TotalSegmentator's map of
+    it, rows stored bottom-up): ``source_enhanced`` adds no portal-venous enhancement to its
+    already enhanced organs, and changes nothing else; a slab without kidneys plants none."""
+    from JMIDAnomalyLib.demo.cohort import _plant
+    from JMIDAnomalyLib.demo.planting import Planter
+    from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map
+
+    source = (str(reference_data.dicom_dir), str(reference_data.dicom_seg), "")
+    livers = {}
+    for enhanced in (False, True):
+        out = tmp_path / f"enhanced_{enhanced}"
+        summary = build_cohort(out, 1, seed=3, workers=1, source=source, source_enhanced=enhanced)
+        assert summary["source_enhanced"] is enhanced
+        ct = read_ct(out / "images" / "case_0001.nii.gz")
+        seg = read_label_map(out / "segs" / "case_0001.nii.gz", reference=ct)
+        names = json.loads((out / "labels.json").read_text())
+        liver = int({v: k for k, v in names.items()}["liver"])
+        assert ct.GetSize()[:2] == (512, 512)  # the series' grid, not the example CT's
+        livers[enhanced] = sitk.GetArrayViewFromImage(ct)[sitk.GetArrayViewFromImage(seg) == liver]
+    rise = np.median(livers[False] - livers[True])
+    assert 45 - 1 <= rise <= 65 + 1, rise  # the liver's enhancement, drawn but not added
+    assert "kidney" not in " ".join(names.values())
+    ct = np.zeros((8, 8, 8), np.float32)
+    masks = {"liver": np.ones((8, 8, 8), np.uint8)}
+    planter = Planter(
+        ct,
+        masks,
+        Grid((8, 8, 8), (1.0,) * 3, (0.0,) * 3, tuple(np.eye(3).ravel())),
+        np.random.default_rng(0),
+        np.zeros((8, 8, 8), np.uint8),
+    )
+    labels = np.ones((8, 8, 8), np.uint8)
+    rng = np.random.default_rng(0)
+    assert _plant(planter, "kidney", "cyst", labels, {1: "liver"}, rng) is None

@@ -191,21 +191,45 @@ def test_analyze_never_replaces_a_file_that_is_not_its_own(
     assert [p.name for p in folder.iterdir()] == ["keep.txt"]
 
 
+def test_totalsegmentator_nifti_of_a_dicom_series_reads_onto_it(
+    reference_data, dicom_dir, tmp_path
+):
+    """TotalSegmentator's NIfTI of the example DICOM series stores the same voxels with the rows
+    bottom-up (direction y -1): read onto the series' grid exactly, each voxel moved, none
+    interpolated; a label map half a voxel off the grid is still refused, naming the file."""
+    from JMIDAnomalyLib.imaging.volumes import read_label_map
+
+    ct = read_ct(dicom_dir)
+    stored = sitk.ReadImage(str(reference_data.dicom_seg))
+    assert Grid.from_image(stored).difference(Grid.from_image(ct)) is not None
+    label_map, names = read_segmentation(reference_data.dicom_seg, ct)
+    assert Grid.from_image(label_map).difference(Grid.from_image(ct)) is None
+    np.testing.assert_array_equal(
+        sitk.GetArrayViewFromImage(label_map), sitk.GetArrayViewFromImage(stored)[:, ::-1, :]
+    )
+    liver = {v: k for k, v in names.items()}["liver"]
+    hu = sitk.GetArrayViewFromImage(ct)[sitk.GetArrayViewFromImage(label_map) == liver]
+    assert 60 < np.median(hu) < 160  # contrast-enhanced liver: the map lies on the anatomy
+    shifted = sitk.Image(stored)
+    origin = np.asarray(stored.GetOrigin())
+    shifted.SetOrigin(tuple(origin + [0.5 * stored.GetSpacing()[0], 0, 0]))
+    path = tmp_path / "shifted.nii.gz"
+    sitk.WriteImage(shifted, str(path))
+    with pytest.raises(InputError, match="does not lie on the CT's grid") as raised:
+        read_label_map(path, reference=ct)
+    assert str(path) in str(raised.value)
+
+
 def test_dicom_seg_round_trip_on_the_ct_grid(reference_data, dicom_dir, tmp_path):
     """A DICOM SEG written (highdicom) from the example DICOM series and its segmentation reads
     back onto the CT's grid voxel for voxel, and crops without a label table."""
     import pydicom
     from JMIDAnomalyLib.imaging.dicom_seg import write_dicom_seg
-    from JMIDAnomalyLib.imaging.geometry import resample_to_grid
     from JMIDAnomalyLib.imaging.label_tables import select_organs
-    from JMIDAnomalyLib.imaging.volumes import dicom_series_files, read_label_map
+    from JMIDAnomalyLib.imaging.volumes import dicom_series_files
 
     ct = read_ct(dicom_dir)
-    # TotalSegmentator's label map of the series: the same voxels, stored with y flipped.
-    on_ct = resample_to_grid(
-        read_label_map(reference_data.dicom_seg), Grid.from_image(ct), "nearest"
-    )
-    organs, names = select_organs(on_ct, reference_data.label_names())
+    organs, names = select_organs(*read_segmentation(reference_data.dicom_seg, ct))
     assert {"liver", "spleen"} <= set(names.values())
     seg_file = write_dicom_seg(organs, names, dicom_series_files(dicom_dir), tmp_path / "seg.dcm")
     written = pydicom.dcmread(seg_file)

@@ -73,6 +73,8 @@ def _patients(n: int, rng: np.random.Generator) -> list[str]:
 
 def _plant(planter: Planter, organ: str, cls: str, labels: np.ndarray, names: dict[int, str], rng):
     side = rng.choice(["left", "right"]) if organ == "kidney" else None
+    if side and organ_key(organ, side) not in planter.masks:
+        return None  # a source segmentation without that kidney (a slab above it)
     if organ == "liver" and cls == "cyst":
         return planter.lesion("liver", None, "cyst", (8, 40), (0, 15))
     if organ == "liver" and cls == "SOL":
@@ -131,9 +133,11 @@ def build_case(
     label_noise: float,
     patient: str,
     source: tuple[str, str, str] | None = None,
+    source_enhanced: bool = False,
 ) -> dict:
     """Make case ``index`` (1-based) from ``source`` (:func:`read_source`) and write its files;
-    returns its truth record."""
+    returns its truth record. ``source_enhanced``: the source CT is contrast-enhanced already,
+    so its organs get no portal-venous enhancement (the example CT is non-contrast)."""
     rng = np.random.default_rng([seed, index])
     source_ct, organs, names = read_source(source)
     ct, labels_image = deform_case(source_ct, organs, rng)
@@ -147,7 +151,9 @@ def build_case(
     for key, mask in masks.items():
         low, high = ENHANCEMENT_HU.get(key.split("_")[0], (0.0, 0.0))
         if high > 0:
-            ct_array[mask > 0] += float(rng.uniform(low, high))
+            rise = float(rng.uniform(low, high))  # drawn either way: the same cases follow
+            if not source_enhanced:
+                ct_array[mask > 0] += rise
     finding_mask = np.zeros(labels.shape, np.uint8)
     planter = Planter(ct_array, masks, grid, rng, finding_mask)
     planted: list[PlantedFinding] = []
@@ -187,11 +193,13 @@ def build_cohort(
     workers: int | None = None,
     progress: Progress | None = None,
     source: tuple[str, str, str] | None = None,
+    source_enhanced: bool = False,
 ) -> dict:
     """Build the demo cohort into ``out``; returns the summary also written to cohort.json.
 
     ``source``: (CT, organ segmentation, label table or "") to make the cases from any real
-    anatomy (default: the example CT); it is read and checked before anything is written."""
+    anatomy (default: the example CT); it is read and checked before anything is written.
+    ``source_enhanced``: that CT is contrast-enhanced already (:func:`build_case`)."""
     out = Path(out)
     if source is not None:
         source = tuple(str(Path(p).resolve()) if p else "" for p in source)
@@ -202,7 +210,9 @@ def build_cohort(
     records = [None] * cases
     with ProcessPoolExecutor(workers) as pool:
         futures = [
-            pool.submit(build_case, i + 1, seed, str(out), label_noise, patients[i], source)
+            pool.submit(
+                build_case, i + 1, seed, str(out), label_noise, patients[i], source, source_enhanced
+            )
             for i in range(cases)
         ]
         for done, future in enumerate(futures, start=1):
@@ -225,6 +235,7 @@ def build_cohort(
         "seed": seed,
         "label_noise": label_noise,
         "source": list(source) if source else "example CT",
+        "source_enhanced": source_enhanced,
         "patients": len(set(patients)),
         "cases_with_findings": sum(bool(r["findings"]) for r in truth),
         "findings": dict(sorted(kinds.items())),

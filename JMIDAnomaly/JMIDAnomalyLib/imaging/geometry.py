@@ -138,6 +138,32 @@ class Grid:
             return "direction matrices differ"
         return None
 
+    def voxels_within(self, other: Grid, tolerance_mm: float = 1e-3, whole: bool = False) -> bool:
+        """Whether every voxel centre of this grid is a voxel centre of ``other``: the same
+        lattice, a sub-extent of it (``whole``: all of it), with its axes in another order or
+        reversed (a NIfTI written from a DICOM series often stores the rows bottom-up). A label
+        map on such a grid lies on ``other`` exactly, with no interpolation."""
+        # Index of ``other`` as a function of this grid's index: matrix @ ijk + offset, which
+        # must be a signed permutation (spacings equal, axes parallel) ...
+        matrix = np.linalg.inv(other.direction_matrix @ np.diag(other.spacing)) @ (
+            self.direction_matrix @ np.diag(self.spacing)
+        )
+        if not np.allclose(np.abs(matrix), np.abs(np.round(matrix)), atol=1e-4) or not np.all(
+            np.abs(np.round(matrix)).sum(0) == 1
+        ):
+            return False
+        # ... taking the corner voxels (so every voxel, the map being affine) onto voxels.
+        corners = np.array(np.meshgrid(*[(0, n - 1) for n in self.size])).reshape(3, -1).T
+        mapped = other.physical_to_index(self.index_to_physical(corners))
+        voxels = np.round(mapped)
+        tolerance = tolerance_mm / min(other.spacing)
+        low, high = voxels.min(0), voxels.max(0)
+        last = np.asarray(other.size) - 1
+        inside = np.all(low >= 0) and np.all(high <= last)
+        if whole:
+            inside = np.all(low == 0) and np.all(high == last)
+        return bool(np.allclose(mapped, voxels, atol=tolerance) and inside)
+
 
 @dataclass(frozen=True)
 class CropRecord:

@@ -204,15 +204,11 @@ def _read_seg_nrrd(path: Path, reference: sitk.Image) -> sitk.Image:
 
 
 def _onto_grid(path: Path, label_map: sitk.Image, grid: Grid) -> sitk.Image:
-    """A label map on a sub-extent of ``grid`` (same spacing and axes, voxel-aligned), placed on
-    the whole grid; anything else is an InputError."""
+    """A label map whose voxels are voxels of ``grid`` (a sub-extent, axes in any order; see
+    :meth:`Grid.voxels_within`), placed on the whole grid; anything else is an InputError."""
     own = Grid.from_image(label_map)
-    offset = grid.physical_to_index(np.asarray(own.origin))[0]
-    aligned = np.allclose(own.spacing, grid.spacing, atol=1e-3) and np.allclose(
-        own.direction, grid.direction, atol=1e-4
-    )
-    if not aligned or not np.allclose(offset, np.round(offset), atol=1e-3):
-        problem = own.difference(grid)
+    if not own.voxels_within(grid):
+        problem = grid.difference(own)
         raise InputError(path, f"the segmentation does not lie on the CT's grid: {problem}")
     return resample_to_grid(label_map, grid, "nearest")
 

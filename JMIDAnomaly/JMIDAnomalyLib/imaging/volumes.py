@@ -246,10 +246,14 @@ def read_ct(path: str | os.PathLike) -> sitk.Image:
 def read_label_map(
     path: str | os.PathLike, reference: sitk.Image | None = None, tolerance_mm: float = 1e-3
 ) -> sitk.Image:
-    """Read an integer label map; optionally require it to share ``reference``'s grid.
+    """Read an integer label map; optionally place it on ``reference``'s grid.
+
+    A label map holding the reference's voxels in another order (axes permuted or reversed, as
+    TotalSegmentator's NIfTI of a DICOM series stores them) is reordered onto its grid exactly;
+    any other grid, a part of the CT's included (it would cut organs off unseen), is refused.
 
     Raises:
-        InputError: not a 3D integer volume, negative labels, or a grid different from the CT's.
+        InputError: not a 3D integer volume, negative labels, or voxels off the CT's grid.
     """
     image = read_image(path)
     check_geometry(image, path)
@@ -261,11 +265,14 @@ def read_label_map(
         raise InputError(path, "a label map cannot hold negative labels")
     image = sitk.Cast(image, sitk.sitkUInt16 if array.max() > 255 else sitk.sitkUInt8)
     if reference is not None:
-        from JMIDAnomalyLib.imaging.geometry import Grid
+        from JMIDAnomalyLib.imaging.geometry import Grid, resample_to_grid
 
-        problem = Grid.from_image(reference).difference(Grid.from_image(image), tolerance_mm)
-        if problem:
+        grid, own = Grid.from_image(reference), Grid.from_image(image)
+        problem = grid.difference(own, tolerance_mm)
+        if problem and not own.voxels_within(grid, tolerance_mm, whole=True):
             raise InputError(path, f"the label map does not lie on the CT's grid: {problem}")
+        if problem:  # the same voxels stored in another order: moved, never interpolated
+            image = resample_to_grid(image, grid, "nearest")
     return image
 
 

@@ -71,6 +71,11 @@ def _add_cohort(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--source-labels", type=Path, help="the segmentation's label table, if it carries none"
     )
+    parser.add_argument(
+        "--source-enhanced",
+        action="store_true",
+        help="the source CT is contrast-enhanced already (portal venous): add no enhancement",
+    )
 
 
 def _run_cohort(args: argparse.Namespace) -> int:
@@ -83,6 +88,8 @@ def _run_cohort(args: argparse.Namespace) -> int:
         raise JMIDError("--cases must be at least 1 and --label-noise within 0..1")
     if bool(args.source_ct) != bool(args.source_seg):
         raise JMIDError("--source-ct and --source-seg go together")
+    if args.source_enhanced and not args.source_ct:
+        raise JMIDError("--source-enhanced describes a --source-ct")
     source = None
     if args.source_ct:
         source = (str(args.source_ct), str(args.source_seg), str(args.source_labels or ""))
@@ -94,6 +101,7 @@ def _run_cohort(args: argparse.Namespace) -> int:
         args.label_noise,
         progress=console_progress("cohort"),
         source=source,
+        source_enhanced=args.source_enhanced,
     )
     seconds = time.perf_counter() - start
     print(
