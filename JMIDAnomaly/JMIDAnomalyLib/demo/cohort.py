@@ -185,6 +185,21 @@ def build_case(
     }
 
 
+def _write_records(out: Path, records: list[dict]) -> list[dict]:
+    """The cohort's reports, truth and label table from the cases' records; returns the truth."""
+    with atomic_output(out / "reports.csv") as tmp:
+        with tmp.open("w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file_name", "患者ID", "所見", "findings_Eng", "所見_JSON"])
+            writer.writerows(r["report"] for r in records)
+    truth = [{k: r[k] for k in ("case_id", "patient_id", "findings")} for r in records]
+    with atomic_output(out / "truth.json") as tmp:
+        tmp.write_text(json.dumps(truth, indent=1), encoding="utf-8")
+    with atomic_output(out / "labels.json") as tmp:
+        tmp.write_text(json.dumps(records[0]["organ_labels"], indent=1), encoding="utf-8")
+    return truth
+
+
 def build_cohort(
     out: str | os.PathLike,
     cases: int = 60,
@@ -219,16 +234,7 @@ def build_cohort(
             records[done - 1] = future.result()
             if progress:
                 progress(done / cases, f"case {done}/{cases}")
-    with atomic_output(out / "reports.csv") as tmp:
-        with tmp.open("w", encoding="utf-8", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["file_name", "患者ID", "所見", "findings_Eng", "所見_JSON"])
-            writer.writerows(r["report"] for r in records)
-    truth = [{k: r[k] for k in ("case_id", "patient_id", "findings")} for r in records]
-    with atomic_output(out / "truth.json") as tmp:
-        tmp.write_text(json.dumps(truth, indent=1), encoding="utf-8")
-    with atomic_output(out / "labels.json") as tmp:
-        tmp.write_text(json.dumps(records[0]["organ_labels"], indent=1), encoding="utf-8")
+    truth = _write_records(out, records)
     kinds = Counter(f"{f['organ']}.{f['cls']}" for r in truth for f in r["findings"])
     summary = {
         "cases": cases,
