@@ -372,7 +372,7 @@ class JMIDAnomalyTest(ScriptedLoadableModuleTest):
 
         out = pathlib.Path(tempfile.mkdtemp()) / "demo"
         self.delayDisplay("Running a small demo (cohort, labels, 2-fold training)")
-        run_demo(out, DemoSettings(cases=24, seed=1, folds=2, epochs=1, holdout=1))
+        run_demo(out, DemoSettings(cases=24, seed=1, folds=2, epochs=1, holdout=1, other_cases=4))
         bundle, cohort = out / "training" / "liver" / "bundle", out / "cohort"
         volume, segmentation = load_case(
             slicer.mrmlScene, cohort, next((out / "analysis").iterdir()).name

@@ -77,7 +77,10 @@ def jmid_command() -> list[str]:
     return _jmid_script()
 
 
-DEMO_ARGS = ["--cases", "24", "--seed", "1", "--folds", "2", "--epochs", "1", "--holdout", "1"]
+DEMO_ARGS = [
+    *("--cases", "24", "--seed", "1", "--folds", "2", "--epochs", "1", "--holdout", "1"),
+    *("--other-cases", "4"),
+]
 
 
 @pytest.fixture(scope="session")

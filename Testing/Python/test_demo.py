@@ -45,6 +45,17 @@ def test_demo_runs_end_to_end_and_reuses_its_cache(demo_run):
     assert {k for k, v in labelled.items() if v == "1" and k[1] != "nofinding"} == {
         k for k in planted if k[0] in excluded
     }
+    # Cases of another patient (the DICOM series at 3 mm), scored against their planted findings.
+    assert "on cases of another patient (3 mm pixels) (4 cases" in result.stdout
+    other = out / "other_patient"
+    other_cases = json.loads((other / "cohort" / "cohort.json").read_text())
+    assert other_cases["source_enhanced"] and other_cases["source"][0].endswith("ct.nii.gz")
+    spacing = sitk.ReadImage(str(other / "cohort" / "images" / "case_0001.nii.gz")).GetSpacing()
+    assert abs(spacing[0] - 3.0) < 0.05 and abs(spacing[1] - 3.0) < 0.05  # not the series' 0.98
+    other_metrics = json.loads(
+        (other / "evaluation" / "liver" / "test" / "metrics.json").read_text()
+    )
+    assert other_metrics["cases"] == 4
     # Analysis of the held-out case: never trained on, all outputs valid.
     (analysis,) = (out / "analysis").iterdir()
     assert analysis.name in bundle.meta["config"]["exclude_cases"]

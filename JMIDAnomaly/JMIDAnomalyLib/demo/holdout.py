@@ -130,10 +130,10 @@ def metrics_lines(title: str, metrics: list[dict], ece_title: str, ece_cell) -> 
     return lines
 
 
-def test_set_table(organ: str, test: dict) -> list[str]:
-    """The summary lines of a test-set evaluation (``jmid demo``'s table)."""
+def test_set_table(organ: str, test: dict, where: str = "the held-out test set") -> list[str]:
+    """The summary lines of a test-set evaluation (``jmid demo``'s table) on ``where``."""
     title = (
-        f"{organ} ensemble on the held-out test set ({test['cases']} cases, never trained on; "
+        f"{organ} ensemble on {where} ({test['cases']} cases, never trained on; "
         "labels: the planted findings):"
     )
     # Beside each ECE, the ECE a perfectly calibrated model would show on this test set.

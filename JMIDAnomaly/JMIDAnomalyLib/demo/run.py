@@ -8,8 +8,9 @@
 4. train each organ's k-fold ensemble (demo preset, ``mil_local``) on all cases but a held-out
    test set (20% of the patients, :mod:`~JMIDAnomalyLib.demo.holdout`), into a model bundle
    (reused when its configuration is unchanged; an interrupted run resumes);
-5. evaluate the out-of-fold predictions (metrics, ROC, confusion and reliability PNGs), and
-   the bundle on the test set (held-out AUC, per-case flags against the planted findings);
+5. evaluate the out-of-fold predictions (metrics, ROC, confusion and reliability PNGs), the
+   bundle on the test set (held-out AUC, per-case flags against the planted findings), and on
+   cases made from another patient (:mod:`~JMIDAnomalyLib.demo.other_anatomy`);
 6. analyze a few test cases with heatmaps (scores.json, overview.png, a Slicer scene each)
    and measure how far each heatmap lies from the planted finding;
 7. write a Slicer scene of one case with its organs and planted findings.
@@ -34,6 +35,7 @@ from JMIDAnomalyLib.demo.holdout import (
     split_test_set,
     test_set_table,
 )
+from JMIDAnomalyLib.demo.other_anatomy import TRAINING_PIXEL_MM, evaluate_other_patient
 from JMIDAnomalyLib.imaging.crop_cache import CropCache
 from JMIDAnomalyLib.imaging.crops import CropConfig
 from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map
@@ -55,7 +57,8 @@ class DemoSettings:
     """Sizes of the demo run (the defaults finish in about 13 minutes on 2 CPU cores, longer
     on slower ones): 640 cases, 3 folds of 18 epochs. Of the recipes measured at this training
     cost, more cases with fewer epochs gave the best held-out figures, and the test set (20%)
-    is large enough to measure calibration (README, Training)."""
+    is large enough to measure calibration (README, Training); ``other_cases`` cases of
+    another patient are scored as well (0: none)."""
 
     cases: int = 640
     seed: int = 0
@@ -65,6 +68,7 @@ class DemoSettings:
     holdout: int = 3
     model: str = "mil_local"
     test_fraction: float = 0.2
+    other_cases: int = 100
 
 
 @dataclass
@@ -79,6 +83,7 @@ class DemoResult:
     label_check: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)  # organ -> {"minutes", "reused", "metrics"}
     tests: dict = field(default_factory=dict)  # organ -> evaluate_test_set's summary
+    others: dict = field(default_factory=dict)  # the same on cases of another patient
     analyses: list = field(default_factory=list)  # per held-out case: dict
     files: dict[str, Path] = field(default_factory=dict)
 
@@ -109,6 +114,9 @@ class DemoResult:
             )
         for organ, test in self.tests.items():
             lines += test_set_table(organ, test)
+        for organ, test in self.others.items():
+            where = f"cases of another patient ({TRAINING_PIXEL_MM:g} mm pixels)"
+            lines += test_set_table(organ, test, where)
         if self.analyses:
             lines += [
                 "",
@@ -158,7 +166,12 @@ def run_demo(
         if test_cases:
             progress(0.4 + span * (n + 1), f"evaluating the {organ} ensemble on the test set")
             result.tests[organ] = evaluate_test_set(out, organ, bundle, test_cases, truth)
-    progress(0.85, "analyzing held-out cases")
+    if settings.other_cases:
+        progress(0.85, "scoring cases of another patient")
+        result.others = evaluate_other_patient(
+            out / "other_patient", settings.organs, bundles, settings.other_cases, settings.seed
+        )
+    progress(0.87, "analyzing held-out cases")
     result.analyses = _analyze_held_out(out, truth, held_out, bundles, progress)
     progress(0.97, "writing a Slicer scene of one case")
     result.files = {
@@ -168,6 +181,7 @@ def run_demo(
         "crop cache": out / "crop_cache",
         **{f"{o} bundle": out / "training" / o / "bundle" for o in settings.organs},
         **{f"{o} evaluation": out / "evaluation" / o for o in settings.organs},
+        **({"other patient": out / "other_patient"} if result.others else {}),
         **{f"analysis {a['case']}": out / "analysis" / a["case"] for a in result.analyses},
         "scene": _planted_scene(out, cohort_dir, truth, names),
     }

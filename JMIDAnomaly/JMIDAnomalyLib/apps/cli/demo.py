@@ -29,12 +29,20 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
         help=f"share of patients held out as the test set ({d.test_fraction})",
     )
     parser.add_argument("--model", default=d.model, help=f"classifier ({d.model})")
+    parser.add_argument(
+        "--other-cases",
+        type=int,
+        default=d.other_cases,
+        help=f"cases of another patient to score the bundle on ({d.other_cases}; 0: none)",
+    )
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from JMIDAnomalyLib.common.progress import console_progress
     from JMIDAnomalyLib.demo.run import DemoSettings, run_demo
 
+    if args.other_cases < 0:
+        raise JMIDError("--other-cases must be 0 or more")
     organs = tuple(organ_list(args.organs))
     settings = DemoSettings(
         args.cases,
@@ -45,6 +53,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         args.holdout,
         args.model,
         args.test_fraction,
+        args.other_cases,
     )
     result = run_demo(args.out, settings, progress=console_progress("demo"))
     print(result.table())
