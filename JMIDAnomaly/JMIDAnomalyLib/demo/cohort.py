@@ -200,6 +200,13 @@ def _write_records(out: Path, records: list[dict]) -> list[dict]:
     return truth
 
 
+def built_cohort(out: str | os.PathLike, cases: int, seed: int) -> dict | None:
+    """The summary of the cohort in ``out`` when it was built with ``cases`` and ``seed``."""
+    summary_file = Path(out) / "cohort.json"
+    previous = json.loads(summary_file.read_text()) if summary_file.exists() else {}
+    return previous if (previous.get("cases"), previous.get("seed")) == (cases, seed) else None
+
+
 def build_cohort(
     out: str | os.PathLike,
     cases: int = 60,

@@ -17,10 +17,10 @@ import numpy as np
 import SimpleITK as sitk
 
 from JMIDAnomalyLib.common.progress import Progress
-from JMIDAnomalyLib.demo.cohort import build_cohort
+from JMIDAnomalyLib.demo.cohort import build_cohort, built_cohort
 from JMIDAnomalyLib.demo.holdout import evaluate_test_set
 from JMIDAnomalyLib.demo.reference_data import ReferenceData, fetch_reference_data
-from JMIDAnomalyLib.imaging.geometry import Grid, resample_to_grid
+from JMIDAnomalyLib.imaging.geometry import resample_to_size
 from JMIDAnomalyLib.imaging.label_tables import read_segmentation, write_label_names
 from JMIDAnomalyLib.imaging.volumes import read_ct, write_image
 from JMIDAnomalyLib.labels.labeling import label_reports
@@ -40,16 +40,16 @@ def series_source(
         return (str(data.dicom_dir), str(data.dicom_seg), "")
     ct = read_ct(data.dicom_dir)
     seg, names = read_segmentation(data.dicom_seg, ct)
-    own = Grid.from_image(ct)
-    spacing = np.array([in_plane_mm, in_plane_mm, own.spacing[2]])
-    size = np.maximum(1, np.round(np.asarray(own.size) * own.spacing / spacing)).astype(int)
-    grid = own.resized(tuple(int(v) for v in size))
-    sigma_mm = np.maximum(0.0, (spacing / np.asarray(own.spacing) - 1) / 2) * own.spacing
+    own = np.asarray(ct.GetSpacing())
+    spacing = np.array([in_plane_mm, in_plane_mm, own[2]])
+    size = np.maximum(1, np.round(np.asarray(ct.GetSize()) * own / spacing)).astype(int)
+    size_zyx = tuple(int(v) for v in size[::-1])
+    sigma_mm = np.maximum(0.0, (spacing / own - 1) / 2) * own
     smooth = sitk.SmoothingRecursiveGaussian(ct, [float(max(s, 1e-3)) for s in sigma_mm])
     files = (folder / "ct.nii.gz", folder / "seg.nii.gz", folder / "seg.json")
     folder.mkdir(parents=True, exist_ok=True)
-    write_image(sitk.Cast(resample_to_grid(smooth, grid, "linear"), sitk.sitkInt16), files[0])
-    write_image(resample_to_grid(seg, grid, "nearest"), files[1])
+    write_image(sitk.Cast(resample_to_size(smooth, size_zyx), sitk.sitkInt16), files[0])
+    write_image(resample_to_size(seg, size_zyx, "nearest"), files[1])
     write_label_names(names, files[2])
     return tuple(str(f) for f in files)
 
@@ -67,9 +67,7 @@ def evaluate_other_patient(
     them) and score each organ's bundle on them: organ -> :func:`evaluate_test_set`'s summary
     (organs the series does not show are left out)."""
     cohort = folder / "cohort"
-    summary_file = cohort / "cohort.json"
-    previous = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-    if (previous.get("cases"), previous.get("seed")) != (cases, seed):
+    if built_cohort(cohort, cases, seed) is None:
         source = series_source(fetch_reference_data(), folder / "source", in_plane_mm)
         build_cohort(cohort, cases, seed, progress=progress, source=source, source_enhanced=True)
     label_reports(cohort / "reports.csv", folder / "labels")

@@ -28,7 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from JMIDAnomalyLib.common.progress import Progress
-from JMIDAnomalyLib.demo.cohort import build_cohort
+from JMIDAnomalyLib.demo.cohort import build_cohort, built_cohort
 from JMIDAnomalyLib.demo.holdout import (
     evaluate_test_set,
     metrics_lines,
@@ -192,9 +192,8 @@ def run_demo(
 def _cohort(cohort_dir: Path, settings: DemoSettings, progress: Progress) -> dict:
     """The demo cohort's summary: the one in ``cohort_dir`` when it has the same size and
     seed, else a new one built there."""
-    summary_file = cohort_dir / "cohort.json"
-    previous = json.loads(summary_file.read_text()) if summary_file.exists() else {}
-    if previous.get("cases") == settings.cases and previous.get("seed") == settings.seed:
+    previous = built_cohort(cohort_dir, settings.cases, settings.seed)
+    if previous is not None:
         progress(0.0, "reusing the demo cohort")
         return previous
     progress(0.0, f"building the demo cohort ({settings.cases} cases)")

@@ -286,6 +286,20 @@ def resample_to_grid(
     )
 
 
+def place_on_grid(
+    label_map: sitk.Image, grid: Grid, whole: bool = False, tolerance_mm: float = 1e-3
+) -> sitk.Image | None:
+    """``label_map`` on ``grid``: as it is when it already lies there; its voxels moved there
+    exactly (nearest neighbour, background outside) when they are voxels of ``grid``
+    (:meth:`Grid.voxels_within`, ``whole``: all of them); else None."""
+    own = Grid.from_image(label_map)
+    if grid.difference(own, tolerance_mm) is None:
+        return label_map
+    if not own.voxels_within(grid, tolerance_mm, whole):
+        return None
+    return resample_to_grid(label_map, grid, "nearest")
+
+
 def resample_to_size(
     image: sitk.Image, size_zyx: tuple[int, int, int], interpolator: str = "linear"
 ) -> sitk.Image:

@@ -19,7 +19,7 @@ from JMIDAnomalyLib.common.atomic import atomic_output
 from JMIDAnomalyLib.common.errors import InputError
 from JMIDAnomalyLib.common.organs import ORGANS, TOTALSEGMENTATOR_ORGANS
 from JMIDAnomalyLib.imaging import label_formats
-from JMIDAnomalyLib.imaging.geometry import Grid, resample_to_grid
+from JMIDAnomalyLib.imaging.geometry import Grid, place_on_grid
 from JMIDAnomalyLib.imaging.volumes import read_label_map, volume_stem
 
 
@@ -198,19 +198,11 @@ def _read_seg_nrrd(path: Path, reference: sitk.Image) -> sitk.Image:
     else:
         label_map = layers[0]
     grid = Grid.from_image(reference)
-    if Grid.from_image(label_map).difference(grid) is not None:
-        label_map = _onto_grid(path, label_map, grid)
-    return sitk.Cast(label_map, sitk.sitkUInt16 if len(segments) > 255 else sitk.sitkUInt8)
-
-
-def _onto_grid(path: Path, label_map: sitk.Image, grid: Grid) -> sitk.Image:
-    """A label map whose voxels are voxels of ``grid`` (a sub-extent, axes in any order; see
-    :meth:`Grid.voxels_within`), placed on the whole grid; anything else is an InputError."""
-    own = Grid.from_image(label_map)
-    if not own.voxels_within(grid):
-        problem = grid.difference(own)
+    placed = place_on_grid(label_map, grid)  # a file saved on a sub-extent of the CT too
+    if placed is None:
+        problem = grid.difference(Grid.from_image(label_map))
         raise InputError(path, f"the segmentation does not lie on the CT's grid: {problem}")
-    return resample_to_grid(label_map, grid, "nearest")
+    return sitk.Cast(placed, sitk.sitkUInt16 if len(segments) > 255 else sitk.sitkUInt8)
 
 
 def write_label_names(names: Mapping[int, str], path: str | os.PathLike) -> None:

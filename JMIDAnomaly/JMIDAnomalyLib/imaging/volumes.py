@@ -265,14 +265,14 @@ def read_label_map(
         raise InputError(path, "a label map cannot hold negative labels")
     image = sitk.Cast(image, sitk.sitkUInt16 if array.max() > 255 else sitk.sitkUInt8)
     if reference is not None:
-        from JMIDAnomalyLib.imaging.geometry import Grid, resample_to_grid
+        from JMIDAnomalyLib.imaging.geometry import Grid, place_on_grid
 
-        grid, own = Grid.from_image(reference), Grid.from_image(image)
-        problem = grid.difference(own, tolerance_mm)
-        if problem and not own.voxels_within(grid, tolerance_mm, whole=True):
+        grid = Grid.from_image(reference)
+        placed = place_on_grid(image, grid, whole=True, tolerance_mm=tolerance_mm)
+        if placed is None:
+            problem = grid.difference(Grid.from_image(image), tolerance_mm)
             raise InputError(path, f"the label map does not lie on the CT's grid: {problem}")
-        if problem:  # the same voxels stored in another order: moved, never interpolated
-            image = resample_to_grid(image, grid, "nearest")
+        image = placed
     return image
 
 
