@@ -163,6 +163,39 @@ def test_25d_samples():
     assert stacks.shape == (32, 5, 8, 8) and stacks[0, :, 0, 0].tolist() == [0, 1, 2, 3, 4]
 
 
+def test_batch_augmentation_is_monais_affine_and_seeded_per_item(published_crops):
+    """The training augmentation, applied to a batch of real liver crops at once, is MONAI's
+    Affine about each crop's centre (scaling, and rotation about each axis); its draws repeat
+    for the same (seed, epoch, item) and differ between items."""
+    import torch
+    from JMIDAnomalyLib.training import augment
+    from monai.transforms import Affine
+
+    crop = torch.from_numpy(published_crops["liver"].image[:, ::4, ::4].copy())  # (64, 64, 64)
+    crop = crop[8:40, :, 4:52]  # not a cube, so voxel space differs from normalised space
+    # (rotation about x, y, z; scaling along x, y, z) -> MONAI's (rotation, scaling) per array
+    # axis (z, y, x)
+    cases = [
+        ((0.0, 0.0, 0.0), (1.1, 0.9, 1.05), (0.0, 0.0, 0.0), (1.05, 0.9, 1.1)),
+        ((0.1, 0.0, 0.0), (1.0, 1.0, 1.0), (0.0, 0.0, -0.1), (1.0, 1.0, 1.0)),
+        ((0.0, -0.08, 0.0), (1.0, 1.0, 1.0), (0.0, -0.08, 0.0), (1.0, 1.0, 1.0)),
+        ((0.0, 0.0, 0.1), (1.0, 1.0, 1.0), (-0.1, 0.0, 0.0), (1.0, 1.0, 1.0)),
+    ]
+    params = torch.tensor([[1.0, *r, *s, 0.0, 0.0, 0.0] for r, s, _, _ in cases], dtype=float)
+    ours = augment.apply(crop[None].repeat(len(cases), 1, 1, 1), params)
+    for k, (_, _, rotation, scaling) in enumerate(cases):
+        theirs = Affine(rotate_params=rotation, scale_params=scaling, padding_mode="border")
+        expected = torch.as_tensor(theirs(crop[None], mode="bilinear")[0]).clamp(-1, 1)
+        assert torch.allclose(ours[k], expected, atol=1e-4), k
+        assert not torch.allclose(ours[k], crop, atol=0.05)
+    draws = [augment.draw(0, epoch, item) for epoch, item in [(0, 1), (0, 1), (0, 2), (1, 1)]]
+    assert torch.equal(draws[0], draws[1])
+    assert not torch.equal(draws[0], draws[2]) and not torch.equal(draws[0], draws[3])
+    noisy = torch.tensor([[0.0] * 7 + [1.0, 0.03, 42.0]] * 2, dtype=float)
+    first, second = augment.apply(crop[None].repeat(2, 1, 1, 1), noisy)
+    assert torch.equal(first, second) and 0.02 < float((first - crop).std()) < 0.04
+
+
 def test_cache_writes_once_and_reloads(example_ct, example_seg, label_names, tmp_path):
     cache = CropCache(tmp_path)
     first, hit = cache.get(example_ct, example_seg, label_names, ("liver", "kidney"), DEMO)

@@ -72,8 +72,10 @@ class TrainConfig:
             finding are trained towards "positive" too, and small focal findings are not learnt).
         amp: mixed precision on CUDA. seed: everything is seeded from it (augmentation per
             epoch and item, so any ``num_workers`` gives the same run).
-        num_workers: DataLoader worker processes that read, dequantise and augment the crops;
-            -1 (default): the cores available, at most 8; 0: in the training process.
+        num_workers: DataLoader worker processes that read and dequantise the crops and draw
+            their augmentation (applied to each batch on the training device); -1 (default):
+            one less than the cores available, at least 1, at most 8; 0: in the training
+            process.
         preset: a named recipe from :data:`TRAIN_PRESETS` (``published``, ``published_384``)
             whose fields apply where a configuration file (:meth:`from_dict`, :meth:`load`)
             does not set them; the saved ``config.json`` holds the resolved values.

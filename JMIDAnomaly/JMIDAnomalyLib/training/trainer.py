@@ -153,8 +153,8 @@ class FoldTrainer:
 
     # -- loops ---------------------------------------------------------------------------------
     def _data_loader(self, dataset, sampler=None) -> DataLoader:
-        """Crops read and augmented in ``num_workers`` persistent worker processes, pinned
-        memory on CUDA, four batches prefetched per worker."""
+        """Crops read (and their augmentation drawn) in ``num_workers`` persistent worker
+        processes, pinned memory on CUDA, four batches prefetched per worker."""
         workers = loader_workers(self.config.num_workers)
         return DataLoader(
             dataset,
@@ -191,10 +191,10 @@ class FoldTrainer:
         self.model.train()
         total, batches, seen, waited = 0.0, 0, 0, 0.0
         start = tick = time.perf_counter()
-        for x, labels, known, _ in self._train_loader():
+        for batch in self._train_loader():
             waited += time.perf_counter() - tick
-            x = x.to(self.device, non_blocking=True)
-            labels, known = labels.to(self.device), known.to(self.device)
+            x = self.train_set.training_input(batch, self.device)
+            labels, known = batch[1].to(self.device), batch[2].to(self.device)
             with autocast(self.device, self.amp):
                 # Through the (DDP) wrapper so gradients are synchronised across ranks.
                 per_sample = self.layout == LAYOUT_25D and self.config.sample_loss
