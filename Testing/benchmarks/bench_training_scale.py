@@ -7,8 +7,8 @@ manifest and a label file. Then, each in a fresh process:
 
 - ``load_samples`` for N = 1,000 and N = 10,000 (``--cases``): peak RSS and its growth per
   case, and the time to index the cases (targets: < 0.05 MB per case, < 10 s for 10,000);
-- the DataLoader over the augmented published 2.5D input (32 samples x 5 slices) with 0, 1
-  and 2 workers: samples per second;
+- the DataLoader over the published 2.5D input (32 samples x 5 slices) with 0, 1 and 2
+  workers, each batch augmented on the device as in training: samples per second;
 - the published preset's model (tf_efficientnetv2_s + BiLSTM) training on the device at hand:
   samples per second consumed (target: 2 workers load at least that fast).
 
@@ -119,8 +119,11 @@ def measure_index(config_path: str) -> dict:
     }
 
 
-def measure_loader(config_path: str, items: int) -> dict:
+def measure_loader(config_path: str, items: int, device_name: str) -> dict:
+    """Augmented published 2.5D samples per second: crops read in 0, 1 and 2 DataLoader
+    workers, each batch augmented on the device and laid out as the training loop does."""
     import torch
+    from JMIDAnomalyLib.common.devices import pick_device
     from JMIDAnomalyLib.training.config import TrainConfig
     from JMIDAnomalyLib.training.data import CropDataset, EpochSampler, load_samples
 
@@ -129,6 +132,7 @@ def measure_loader(config_path: str, items: int) -> dict:
     samples = samples[:items]
     crop = config.crop_config()
     dataset = CropDataset(samples, "2.5d", crop.samples, crop.slices_per_sample, True, 0)
+    device = pick_device(device_name)
     out = {}
     for workers in (0, 1, 2):
         loader = torch.utils.data.DataLoader(
@@ -139,7 +143,9 @@ def measure_loader(config_path: str, items: int) -> dict:
             prefetch_factor=4 if workers else None,
         )
         t = time.perf_counter()
-        seen = sum(x.shape[0] for x, *_ in loader)
+        seen = sum(dataset.training_input(batch, device).shape[0] for batch in loader)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         out[str(workers)] = seen / (time.perf_counter() - t)
     return out
 
@@ -201,7 +207,7 @@ def main() -> int:
         part, *rest = args.child
         work = {
             "index": lambda: measure_index(rest[0]),
-            "loader": lambda: measure_loader(rest[0], int(rest[1])),
+            "loader": lambda: measure_loader(rest[0], int(rest[1]), rest[2]),
             "model": lambda: measure_model(rest[0], int(rest[1])),
         }[part]
         print(json.dumps(work()))
@@ -229,7 +235,7 @@ def main() -> int:
             rss_per_case_mb=per_case,
             index_seconds=large["index_seconds"],
         )
-        loader = _child("loader", str(config), str(args.loader_items))
+        loader = _child("loader", str(config), str(args.loader_items), args.device)
         figures["loader_samples_per_s"] = loader
     model = _child("model", args.device, str(args.model_steps))
     figures.update(model)
