@@ -73,6 +73,9 @@ class SliceMIL(nn.Module):
             self.lstm = None
             self.head = nn.Linear(self.encoder.num_features, num_classes)
         self.pooling = pooling
+        # NHWC: the convolutions run about 30% faster on the CPU (oneDNN; 2 cores: a demo
+        # training step 0.112 -> 0.078 s) and as fast or faster on GPUs under AMP.
+        self.encoder.to(memory_format=torch.channels_last)
 
     def sample_logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, S, C, H, W) -> per-sample logits (B, S, K)."""
@@ -80,13 +83,14 @@ class SliceMIL(nn.Module):
 
     def _sample_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         batch, samples = x.shape[:2]
-        feature_map = self.encoder.forward_features(x.flatten(0, 1))
+        images = x.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        feature_map = self.encoder.forward_features(images)
         features = self.encoder.forward_head(feature_map).view(batch, samples, -1)
         return self.from_features(features), feature_map
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Encoder features of single samples: (N, C, H, W) -> (N, F)."""
-        return self.encoder(images)
+        return self.encoder(images.contiguous(memory_format=torch.channels_last))
 
     def from_features(self, features: torch.Tensor) -> torch.Tensor:
         """Per-sample logits (B, S, K) from encoder features (B, S, F): the part after the
