@@ -8,7 +8,9 @@ are sometimes full-width.
 
 from __future__ import annotations
 
+import csv
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -155,3 +157,24 @@ def write_report(
     for key, entity in enumerate(entities):
         entity["key"] = key
     return "".join(ja), " ".join(en), json.dumps(entities, ensure_ascii=False)
+
+
+def label_check(truth: list[dict], labels_dir: Path) -> dict[str, tuple[int, int, int]]:
+    """Per planted kind in the cohort's ``truth``: (planted, mentioned in the reports, labelled
+    positive by the label importer, whose CSVs are in ``labels_dir``)."""
+
+    positives: set[tuple[str, str, str, str]] = set()
+    for organ in ("liver", "spleen", "kidney", "pancreas", "gallbladder"):
+        with (labels_dir / f"{organ}.csv").open(encoding="utf-8") as f:
+            for row in csv.DictReader(f):
+                for cls, value in row.items():
+                    if value == "1":
+                        positives.add((row["case_id"], organ, row["side"], cls))
+    table: dict[str, list[int]] = {}
+    for record in truth:
+        for f in record["findings"]:
+            cell = table.setdefault(f"{f['organ']}.{f['cls']}", [0, 0, 0])
+            cell[0] += 1
+            cell[1] += int(f["reported"])
+            cell[2] += int((record["case_id"], f["organ"], f["side"] or "", f["cls"]) in positives)
+    return {k: tuple(v) for k, v in table.items()}
