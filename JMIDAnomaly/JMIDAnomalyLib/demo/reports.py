@@ -162,7 +162,6 @@ def write_report(
 def label_check(truth: list[dict], labels_dir: Path) -> dict[str, tuple[int, int, int]]:
     """Per planted kind in the cohort's ``truth``: (planted, mentioned in the reports, labelled
     positive by the label importer, whose CSVs are in ``labels_dir``)."""
-
     positives: set[tuple[str, str, str, str]] = set()
     for organ in ("liver", "spleen", "kidney", "pancreas", "gallbladder"):
         with (labels_dir / f"{organ}.csv").open(encoding="utf-8") as f:
