@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from JMIDAnomalyLib.common.devices import cpu_has_bfloat16
 from JMIDAnomalyLib.common.errors import InputError
 from JMIDAnomalyLib.demo.cohort import build_cohort
 from JMIDAnomalyLib.imaging.manifest import scan_dataset, write_manifest
@@ -55,11 +56,17 @@ def test_training_writes_a_self_contained_bundle(data, tmp_path):
         assert set(bundle.thresholds) == set(bundle.classes)
         assert bundle.meta["training"]["samples"] == 12
         assert torch.__version__.startswith(bundle.meta["versions"]["torch"])
+        # Mixed precision (bfloat16 on a CPU that has it) computes in it; the weights stay float32.
+        weights = [t for m in bundle.models for t in m.state_dict().values()]
+        assert all(t.dtype in (torch.float32, torch.int64) for t in weights)
         # Calibrated probabilities never reorder cases: monotone in the raw score per class.
         assert set(bundle.calibration) == set(bundle.classes)
         grid = np.repeat(np.linspace(0, 1, 201)[:, None], len(bundle.classes), axis=1)
         assert np.all(np.diff(bundle.calibrate(grid), axis=0) >= -1e-12)
     assert histories(tmp_path / "run") == [[1, 2, 3]] * 3
+    history = json.loads((tmp_path / "run" / "fold_0" / "done.json").read_text())["history"]
+    expected = "bfloat16" if cpu_has_bfloat16() else "float32"  # amp is on by default
+    assert {h["precision"] for h in history} == {expected}
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     lines = (tmp_path / "run" / "oof_predictions.csv").read_text(encoding="utf-8").splitlines()
     assert lines[0].startswith(

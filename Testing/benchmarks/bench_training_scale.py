@@ -152,7 +152,7 @@ def measure_loader(config_path: str, items: int, device_name: str) -> dict:
 
 def measure_model(device_name: str, steps: int) -> dict:
     import torch
-    from JMIDAnomalyLib.common.devices import autocast, pick_device
+    from JMIDAnomalyLib.common.devices import autocast, pick_device, training_precision
     from JMIDAnomalyLib.common.organs import ORGAN_CLASSES
     from JMIDAnomalyLib.models.registry import create_model
     from JMIDAnomalyLib.training.config import TRAIN_PRESETS
@@ -165,11 +165,12 @@ def measure_model(device_name: str, steps: int) -> dict:
     batch = preset["batch_size"] if device.type == "cuda" else 2
     x = torch.randn(batch, 32, 5, 256, 256, device=device)
     y = torch.randint(0, 2, (batch, len(ORGAN_CLASSES["liver"])), device=device).float()
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    precision = training_precision(device)  # as training runs: bfloat16 on a CPU that has it
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == torch.float16)
     times = []
     for step in range(steps + 1):
         t = time.perf_counter()
-        with autocast(device, True):
+        with autocast(device, precision is not None, precision):
             loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).float(), y)
         optimizer.zero_grad()
         scaler.scale(loss).backward()
@@ -182,6 +183,7 @@ def measure_model(device_name: str, steps: int) -> dict:
     return {
         "device": str(device),
         "batch": batch,
+        "precision": str(precision or torch.float32).removeprefix("torch."),
         "model_samples_per_s": batch / float(np.mean(times)),
     }
 

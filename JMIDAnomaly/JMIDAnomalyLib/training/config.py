@@ -70,8 +70,10 @@ class TrainConfig:
             the multiple-instance objective, under which a finding seen in one sample can decide
             the case (with repeated labels, the samples of a positive case that do not show the
             finding are trained towards "positive" too, and small focal findings are not learnt).
-        amp: mixed precision on CUDA. seed: everything is seeded from it (augmentation per
-            epoch and item, so any ``num_workers`` gives the same run).
+        amp: mixed precision: float16 on CUDA, and training in bfloat16 on a CPU with native
+            bfloat16 (AVX512-BF16 or AMX; ``common.devices.training_precision``).
+        seed: everything is seeded from it (augmentation per epoch and item, so any
+            ``num_workers`` gives the same run).
         num_workers: DataLoader worker processes that read and dequantise the crops and draw
             their augmentation (applied to each batch on the training device); -1 (default):
             one less than the cores available, at least 1, at most 8; 0: in the training

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 
 from JMIDAnomalyLib.common.atomic import atomic_output
-from JMIDAnomalyLib.common.devices import autocast, pick_device
+from JMIDAnomalyLib.common.devices import autocast, pick_device, training_precision
 from JMIDAnomalyLib.common.organs import ORGAN_CLASSES
 from JMIDAnomalyLib.common.progress import Progress
 from JMIDAnomalyLib.models.ensemble import ensemble_probabilities
@@ -97,8 +97,9 @@ class FoldTrainer:
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
             self.optimizer, T_max=max(1, config.epochs * self.steps_per_epoch)
         )
-        self.amp = config.amp and self.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.amp = config.amp and self.device.type == "cuda"  # prediction: float16 on CUDA
+        self.precision = training_precision(self.device, config.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == torch.float16)
         self.epoch, self.best_auc, self.history = 0, -1.0, []
         self.throughput: dict = {}
         self._loaders: dict[str, DataLoader | None] = {}
@@ -195,7 +196,7 @@ class FoldTrainer:
             waited += time.perf_counter() - tick
             x = self.train_set.training_input(batch, self.device)
             labels, known = batch[1].to(self.device), batch[2].to(self.device)
-            with autocast(self.device, self.amp):
+            with autocast(self.device, self.precision is not None, self.precision):
                 # Through the (DDP) wrapper so gradients are synchronised across ranks.
                 per_sample = self.layout == LAYOUT_25D and self.config.sample_loss
                 logits = self.model(x, per_sample=per_sample)
@@ -278,14 +279,16 @@ class FoldTrainer:
         """One epoch into the history, the log and TensorBoard (throughput included)."""
         lr = self.optimizer.param_groups[0]["lr"]
         entry = {"epoch": self.epoch, "loss": loss, "val_auc": mean_auc, "lr": lr}
-        self.history.append({**entry, **self.throughput})
+        precision = str(self.precision or torch.float32).removeprefix("torch.")
+        self.history.append({**entry, **self.throughput, "precision": precision})
         logger.info(
-            "fold %d epoch %d: loss %.4f, val AUC %.3f, %.1f samples/s, %.1f s waiting for data",
+            "fold %d epoch %d: loss %.4f, val AUC %.3f, %.1f samples/s (%s), %.1f s data wait",
             self.fold,
             self.epoch,
             loss,
             mean_auc,
             self.throughput.get("samples_per_s", 0.0),
+            precision,
             self.throughput.get("data_wait_s", 0.0),
         )
         if writer is None:
