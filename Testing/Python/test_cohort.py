@@ -142,6 +142,27 @@ def test_cohort_from_another_ct(reference_data, tmp_path):
     assert not bad.exists()
 
 
+def test_a_changed_source_ct_is_read_again(reference_data, tmp_path):
+    """The source is read once per process while its files are unchanged: a CT rewritten at
+    the same path makes the cases from the new one."""
+    from JMIDAnomalyLib.imaging.volumes import read_ct, write_image
+
+    ct_path = tmp_path / "source.nii.gz"
+    original = read_ct(reference_data.ct_small)
+    write_image(original, ct_path)
+    source = (str(ct_path), str(reference_data.ct_small_seg), "")
+    means = []
+    for shift in (0, 200):
+        if shift:
+            write_image(sitk.Cast(original + shift, original.GetPixelID()), ct_path)
+        out = tmp_path / f"shift_{shift}"
+        build_cohort(out, 1, seed=4, workers=1, source=source)
+        means.append(
+            sitk.GetArrayViewFromImage(read_ct(out / "images" / "case_0001.nii.gz")).mean()
+        )
+    assert 150 < means[1] - means[0] < 250, means
+
+
 def test_cohort_from_a_contrast_enhanced_dicom_series(reference_data, tmp_path):
     """Cases made from another patient (the example DICOM series with TotalSegmentator's map of
     it, rows stored bottom-up): ``source_enhanced`` adds no portal-venous enhancement to its

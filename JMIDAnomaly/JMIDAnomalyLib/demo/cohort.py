@@ -105,16 +105,30 @@ def _plant(planter: Planter, organ: str, cls: str, labels: np.ndarray, names: di
     raise ValueError(f"unknown finding {organ} {cls}")
 
 
-@functools.lru_cache(maxsize=2)
 def read_source(source: tuple[str, str, str] | None = None) -> tuple[sitk.Image, sitk.Image, dict]:
     """The anatomy a cohort is made from: (CT, organ label map, label names) of ``source``
     (CT, segmentation, label table or ""), else of the real example CT. Read once per process
-    (the cases are deformed copies; nothing changes the images read): reading and checking the
-    example CT took a fifth of each case's build.
+    while its files are unchanged (the cases are deformed copies, and nothing changes the images
+    read): reading and checking the example CT took a fifth of each case's build.
 
     Raises:
         InputError: unreadable files, a segmentation off the CT's grid, or none of our organs.
     """
+    files = [p for p in source if p] if source is not None else []
+    stamps = tuple((p, s.st_ino, s.st_mtime_ns, s.st_size) for p in files if (s := _stat(p)))
+    return _read_source(source, stamps)
+
+
+def _stat(path: str) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except OSError:
+        return None  # reading it says what is wrong
+
+
+@functools.lru_cache(maxsize=2)
+def _read_source(source: tuple[str, str, str] | None, stamps: tuple) -> tuple:
+    """:func:`read_source`, cached by the files' paths, inodes, times and sizes (``stamps``)."""
     if source is None:
         data = fetch_reference_data()
         ct = read_ct(data.ct)
