@@ -52,7 +52,7 @@ def test_numpy_in_numpy_out_and_reoriented_input(segmenter, holdout):
     # An LPS-stored copy of the same CT, reoriented to the model's orientation and back.
     lps = sitk.DICOMOrient(ct, "LPS")
     oriented = OrganSegmenter(segmenter.model_dir, orientation="RAS").segment(lps)
-    back = sitk.GetArrayViewFromImage(sitk.DICOMOrient(oriented, "RAS"))
+    back = sitk.GetArrayFromImage(sitk.DICOMOrient(oriented, "RAS"))
     assert dice(back == 1, direct == 1) > 0.98
 
 
