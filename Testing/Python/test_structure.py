@@ -244,34 +244,38 @@ def test_core_files_and_functions_stay_small():
         assert len((REPO / module).read_text(encoding="utf-8").splitlines()) < 400, module
 
 
+def _own_python_files():
+    """The project's own Python files: the modules, the trainer, the tests and the scripts."""
+    for folder in ("JMIDAnomaly", "JMIDTrainer", "Testing", "scripts"):
+        yield from (REPO / folder).rglob("*.py")
+
+
 def test_no_array_view_of_an_image_nobody_holds():
     """``sitk.GetArrayViewFromImage`` does not keep its image alive: a view of a call's result
     (``GetArrayViewFromImage(read_ct(p))``) reads freed memory once the image is collected (it gave
     a test garbage values on CI and not here). Such a view must be of a named image."""
     temporaries = []
-    for folder in ("JMIDAnomaly", "JMIDTrainer", "Testing", "scripts"):
-        for path in (REPO / folder).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-                if (
-                    isinstance(node, ast.Call)
-                    and getattr(node.func, "attr", getattr(node.func, "id", ""))
-                    == "GetArrayViewFromImage"
-                    and node.args
-                    and isinstance(node.args[0], ast.Call)
-                ):
-                    temporaries.append(f"{path.relative_to(REPO).as_posix()}:{node.lineno}")
+    for path in _own_python_files():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "attr", getattr(node.func, "id", ""))
+                == "GetArrayViewFromImage"
+                and node.args
+                and isinstance(node.args[0], ast.Call)
+            ):
+                temporaries.append(f"{path.relative_to(REPO).as_posix()}:{node.lineno}")
     assert not temporaries, temporaries
 
 
 def test_the_formatter_owns_the_layout():
     """A handful of `fmt: skip` at most, each for a table and saying so."""
     skips = []
-    for folder in ("JMIDAnomaly", "JMIDTrainer", "Testing", "scripts"):
-        for path in (REPO / folder).rglob("*.py"):
-            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-                marker = re.search(r"#\s*fmt:\s*(?:skip|off)(.*)$", line)
-                if marker:
-                    skips.append((f"{path.name}:{number}", marker.group(1)))
+    for path in _own_python_files():
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            marker = re.search(r"#\s*fmt:\s*(?:skip|off)(.*)$", line)
+            if marker:
+                skips.append((f"{path.name}:{number}", marker.group(1)))
     assert len(skips) <= 10, skips
     assert all("#" in reason for _, reason in skips), f"each skip says why: {skips}"
 
