@@ -19,6 +19,8 @@ def test_demo_runs_end_to_end_and_reuses_its_cache(demo_run):
     command, out, result = demo_run
     assert "24 reports labelled" in result.stdout and "(0 cases from the cache)" in result.stdout
     assert "liver ensemble (trained in" in result.stdout and "out-of-fold" in result.stdout
+    for deprecation in ("FutureWarning", "DeprecationWarning"):  # none of a library's own
+        assert deprecation not in result.stderr, result.stderr[-2000:]
     summary = json.loads((out / "labels" / "summary.json").read_text())
     assert summary["reports_labelled"] == 24
     assert (out / "cohort" / "contact_sheet.png").stat().st_size > 0
