@@ -165,11 +165,11 @@ def test_25d_samples():
 
 def test_batch_augmentation_is_monais_affine_and_seeded_per_item(published_crops):
     """The training augmentation, applied to a batch of real liver crops at once, is MONAI's
-    Affine about each crop's centre (scaling, and rotation about each axis); its draws repeat
-    for the same (seed, epoch, item) and differ between items."""
+    Affine about each crop's centre (scaling, and rotation about each axis) and its Flip along
+    each axis; its draws repeat for the same (seed, epoch, item) and differ between items."""
     import torch
     from JMIDAnomalyLib.training import augment
-    from monai.transforms import Affine
+    from monai.transforms import Affine, Flip
 
     crop = torch.from_numpy(published_crops["liver"].image[:, ::4, ::4].copy())  # (64, 64, 64)
     crop = crop[8:40, :, 4:52]  # not a cube, so voxel space differs from normalised space
@@ -194,6 +194,17 @@ def test_batch_augmentation_is_monais_affine_and_seeded_per_item(published_crops
     noisy = torch.tensor([[0.0] * 7 + [1.0, 0.03, 42.0]] * 2, dtype=float)
     first, second = augment.apply(crop[None].repeat(2, 1, 1, 1), noisy)
     assert torch.equal(first, second) and 0.02 < float((first - crop).std()) < 0.04
+    # A negative scale flips along that axis, as MONAI's Flip (x, y, z: array axes 2, 1, 0).
+    for axes in ([0], [1], [2], [0, 2]):
+        scales = [-1.0 if a in axes else 1.0 for a in range(3)]
+        flip = torch.tensor([[1.0, 0.0, 0.0, 0.0, *scales, 0.0, 0.0, 0.0]], dtype=float)
+        expected = torch.as_tensor(Flip(spatial_axis=[2 - a for a in axes])(crop[None])[0])
+        assert torch.allclose(augment.apply(crop[None], flip)[0], expected, atol=1e-5), axes
+    # Each axis is flipped in about half the draws; a flipped crop is always moved.
+    many = torch.stack([augment.draw(0, 0, item) for item in range(400)])
+    flipped = many[:, 4:7] < 0
+    assert ((flipped.float().mean(0) - 0.5).abs() < 0.08).all()
+    assert (many[flipped.any(1), 0] == 1).all() and (many[:, 4:7].abs() >= 0.9).all()
 
 
 def test_cache_writes_once_and_reloads(example_ct, example_seg, label_names, tmp_path):
