@@ -13,7 +13,11 @@ each signing in, opening its own case, stepping to an error-analysis item and ma
 prints the median and worst time of each step over the readers (``--json``: as JSON) and checks
 that the store holds every reader's mark.
 
+``--screenshot PNG`` saves the page as the single reader left it (an error-analysis item with
+its scores and heatmap): the README's screenshot of the review comes from this on the demo.
+
 Usage: .venv/bin/python Testing/benchmarks/bench_webreview.py --demo jmid-demo [--port 8765]
+       [--screenshot review.png]
        .venv/bin/python Testing/benchmarks/bench_webreview.py --demo jmid-demo --readers 10
 """
 
@@ -42,6 +46,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--readers", type=int, default=0, help="several readers at once")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--screenshot", type=Path, help="save the page at the end as this PNG")
     args = parser.parse_args()
     if args.readers:
         return _several_readers(args)
@@ -63,6 +68,8 @@ def main() -> int:
             page = browser.new_page(viewport={"width": 1440, "height": 1080})
             page.set_default_timeout(300_000)
             figures.update(_drive(page, url))
+            if args.screenshot:
+                page.screenshot(path=str(args.screenshot))
             browser.close()
     finally:
         server.terminate()
