@@ -262,6 +262,38 @@ def test_threshold_rules_and_the_minimum_specificity():
         choose_thresholds(*args[:4], "best")
 
 
+def test_specificity_confidence_keeps_the_minimum_on_new_cases(caplog):
+    """Where the minimum specificity binds (binormal scores, d' 1.6: the balanced point would
+    be at 0.79), a threshold chosen on the point estimate gives new cases of the same kind
+    specificity under 0.8 in a third or more of the draws; with ``confidence`` 0.95 the Wilson
+    lower end reaches 0.8 on the cases it was chosen on, and new cases keep 0.8 nearly always.
+    Too few negatives for any threshold to qualify: the point estimate, with a warning."""
+    from JMIDAnomalyLib.training.job import choose_thresholds
+    from scipy.stats import binomtest, norm
+
+    def draw(rng, negatives, positives):
+        y = np.r_[np.zeros(negatives), np.ones(positives)]
+        z = rng.normal(0, 1, len(y)) + 1.6 * y
+        return y, 1 / (1 + np.exp(-z))  # scores in 0..1; new negatives' specificity: norm.cdf
+
+    kept = {0.0: 0, 0.95: 0}
+    for seed in range(30):
+        y, p = draw(np.random.default_rng(seed), 600, 150)
+        args = (y[:, None], p[:, None], np.ones((len(y), 1)), ["cls"], "balanced", 0.8)
+        for confidence in kept:
+            threshold = choose_thresholds(*args, confidence)["cls"]
+            kept[confidence] += norm.cdf(np.log(threshold / (1 - threshold))) >= 0.8
+            if confidence:
+                clear = int((p[y == 0] < threshold).sum())
+                assert binomtest(clear, 600).proportion_ci(0.95, "wilson").low >= 0.8
+    assert kept[0.0] <= 21 and kept[0.95] >= 28, kept  # 19 and 29 of 30
+    y, p = draw(np.random.default_rng(0), 12, 6)
+    args = (y[:, None], p[:, None], np.ones((len(y), 1)), ["cls"], "balanced", 0.8)
+    with caplog.at_level("WARNING"):
+        assert choose_thresholds(*args, 0.95) == choose_thresholds(*args)
+    assert "too few negatives (12)" in caplog.text
+
+
 def test_ece_floor_of_a_calibrated_model_shrinks_with_the_test_set():
     """A perfectly calibrated model's binned ECE on a small test set is far above zero; the
     floor the held-out table prints beside the ECE is that value, and it shrinks as 1/sqrt(n)."""

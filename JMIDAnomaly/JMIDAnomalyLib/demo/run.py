@@ -62,6 +62,10 @@ DEMO_TRAINING = {
     "loss": "focal",
     "class_weighting": True,
     "crop": {"margin_mm": -3.0, "fill_hu": 94.0},
+    # Thresholds whose out-of-fold specificity is at least 0.8 with 95% confidence: at the
+    # point estimate, calcification's balanced point sat at 0.80 out of fold and at 0.79 on
+    # 396 more cases (README, Evaluation).
+    "specificity_confidence": 0.95,
 }
 
 

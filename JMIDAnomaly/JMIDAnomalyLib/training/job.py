@@ -41,10 +41,15 @@ def choose_thresholds(
     classes: Sequence[str],
     rule: str = "balanced",
     min_specificity: float = 0.0,
+    confidence: float = 0.0,
 ) -> dict[str, float]:
     """Per class, the threshold (0.5 when undefined) that ``rule`` prefers among those with at
     least ``min_specificity``: ``balanced`` maximises min(sensitivity, specificity),
-    ``youden`` sensitivity + specificity - 1. It is placed just under the lowest score it
+    ``youden`` sensitivity + specificity - 1. With ``confidence`` (e.g. 0.95) a threshold
+    qualifies only where the Wilson interval's lower end of its specificity reaches
+    ``min_specificity``, so new cases keep it with that confidence rather than half the time;
+    a class whose negatives are too few for any threshold to qualify falls back to the point
+    estimate, with a warning. It is placed just under the lowest score it
     flags (by 1e-4, or half the gap to the next lower score): a threshold equal to a score
     would leave that score's cases to rounding (a copy rounded to 5 decimals in
     predictions.csv, or to float32, falls under it).
@@ -54,6 +59,7 @@ def choose_thresholds(
         classes: the K class names.
         rule: ``balanced`` or ``youden`` (:data:`THRESHOLD_RULES`).
         min_specificity: the lowest specificity a threshold may have.
+        confidence: 0 (the point estimate) or the confidence level of that lowest specificity.
     """
     from sklearn.metrics import roc_curve
 
@@ -66,8 +72,17 @@ def choose_thresholds(
         if 0 < y.sum() < len(y):
             fpr, tpr, scores = roc_curve(y, probs[mask, k], drop_intermediate=False)
             merit = np.minimum(tpr, 1 - fpr) if rule == "balanced" else tpr - fpr
-            # The first point (flag none, specificity 1) is always allowed.
-            allowed = fpr <= 1 - min_specificity + 1e-12
+            allowed = _specific_enough(fpr, int((y == 0).sum()), min_specificity, confidence)
+            if confidence and not allowed[1:].any():
+                logger.warning(
+                    "%s: too few negatives (%d) for specificity >= %.2f at %.0f%% confidence;"
+                    " the threshold uses the point estimate",
+                    cls,
+                    int((y == 0).sum()),
+                    min_specificity,
+                    confidence * 100,
+                )
+                allowed = _specific_enough(fpr, int((y == 0).sum()), min_specificity, 0.0)
             best = int(np.argmax(np.where(allowed, merit, -np.inf)))
             lower = scores[best + 1] if best + 1 < len(scores) else 0.0
             below = scores[best] - min(1e-4, (scores[best] - lower) / 2)
@@ -75,6 +90,32 @@ def choose_thresholds(
         else:
             out[cls] = 0.5
     return out
+
+
+def _specific_enough(
+    fpr: np.ndarray, negatives: int, min_specificity: float, confidence: float
+) -> np.ndarray:
+    """Which ROC points have at least ``min_specificity`` (the Wilson interval's lower end at
+    ``confidence``, or the point estimate at 0). The first point (flag none) always qualifies."""
+    specificity = 1 - fpr
+    if confidence:
+        from scipy.stats import binomtest
+
+        # The fewest true negatives whose interval's lower end reaches the target.
+        least = next(
+            (
+                k
+                for k in range(int(np.floor(min_specificity * negatives)), negatives + 1)
+                if binomtest(k, negatives).proportion_ci(confidence, method="wilson").low
+                >= min_specificity
+            ),
+            negatives + 1,
+        )
+        allowed = np.rint(specificity * negatives) >= least
+    else:
+        allowed = specificity >= min_specificity - 1e-12
+    allowed[0] = True
+    return allowed
 
 
 def _hash_labels(labels_dir: str, organ: str) -> str:
@@ -241,7 +282,13 @@ def _write_bundle(
         "preprocessing": crop.to_dict(),
         "calibration": calibration,
         "thresholds": choose_thresholds(
-            labels, calibrated, known, classes, config.threshold_rule, config.min_specificity
+            labels,
+            calibrated,
+            known,
+            classes,
+            config.threshold_rule,
+            config.min_specificity,
+            config.specificity_confidence,
         ),
         "training": {
             **data_summary,
