@@ -72,17 +72,18 @@ def choose_thresholds(
         if 0 < y.sum() < len(y):
             fpr, tpr, scores = roc_curve(y, probs[mask, k], drop_intermediate=False)
             merit = np.minimum(tpr, 1 - fpr) if rule == "balanced" else tpr - fpr
-            allowed = _specific_enough(fpr, int((y == 0).sum()), min_specificity, confidence)
+            negatives = int((y == 0).sum())
+            allowed = _specific_enough(fpr, negatives, min_specificity, confidence)
             if confidence and not allowed[1:].any():
                 logger.warning(
                     "%s: too few negatives (%d) for specificity >= %.2f at %.0f%% confidence;"
                     " the threshold uses the point estimate",
                     cls,
-                    int((y == 0).sum()),
+                    negatives,
                     min_specificity,
                     confidence * 100,
                 )
-                allowed = _specific_enough(fpr, int((y == 0).sum()), min_specificity, 0.0)
+                allowed = _specific_enough(fpr, negatives, min_specificity, 0.0)
             best = int(np.argmax(np.where(allowed, merit, -np.inf)))
             lower = scores[best + 1] if best + 1 < len(scores) else 0.0
             below = scores[best] - min(1e-4, (scores[best] - lower) / 2)
