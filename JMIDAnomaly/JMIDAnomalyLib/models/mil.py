@@ -12,10 +12,24 @@ logits (B, S, K) from :meth:`SliceMIL.sample_logits`.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
 from JMIDAnomalyLib.models.registry import LAYOUT_25D, register_model
+
+
+def _timm():
+    """timm, imported without its warning: timm 1.0.22 (pinned, requirements/constraints.txt)
+    decorates an HRNet class, which no model here builds, with ``torch.jit.interface``, which
+    torch 2.14 deprecates; every run that built a model printed that FutureWarning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message="`torch.jit.interface` is deprecated", category=FutureWarning
+        )
+        import timm
+    return timm
 
 
 class SliceMIL(nn.Module):
@@ -36,7 +50,7 @@ class SliceMIL(nn.Module):
         encoder_stage: int | None = None,
     ) -> None:
         super().__init__()
-        import timm
+        timm = _timm()
 
         if pooling not in ("mean", "max"):
             raise ValueError("pooling must be 'mean' or 'max'")
@@ -133,7 +147,7 @@ class StageEncoder(nn.Module):
         **encoder_args,
     ) -> None:
         super().__init__()
-        import timm
+        timm = _timm()
 
         if global_pool not in ("avg", "max"):
             raise ValueError("global_pool must be 'avg' or 'max' with encoder_stage")

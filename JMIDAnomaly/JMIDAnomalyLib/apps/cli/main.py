@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import warnings
 from collections.abc import Sequence
 
 from JMIDAnomalyLib import __version__
@@ -53,12 +52,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # timm 1.0.22 (pinned: requirements/constraints.txt) decorates an HRNet class, which jmid
-    # never builds, with torch.jit.interface, which torch 2.14 deprecates: without this every
-    # command that imports timm printed that warning.
-    warnings.filterwarnings(
-        "ignore", message="`torch.jit.interface` is deprecated", category=FutureWarning
     )
     if not getattr(args, "run", None):
         parser.print_help()
