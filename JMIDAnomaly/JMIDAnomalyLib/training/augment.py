@@ -95,11 +95,10 @@ def apply(volumes: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     out = volumes.clone()
     moved = torch.nonzero(params[:, 0] > 0).flatten().tolist()
     if moved:
-        theta = _theta(params[moved], tuple(volumes.shape[1:])).to(volumes)
-        source = volumes[moved, None]
-        grid = _grid(theta, tuple(volumes.shape[1:]))
+        shape = tuple(volumes.shape[1:])
+        grid = _grid(_theta(params[moved], shape).to(volumes), shape)
         out[moved] = F.grid_sample(
-            source, grid, mode="bilinear", padding_mode="border", align_corners=False
+            volumes[moved, None], grid, mode="bilinear", padding_mode="border", align_corners=False
         )[:, 0]
     for i in torch.nonzero(params[:, 7] > 0).flatten().tolist():
         generator = torch.Generator(volumes.device).manual_seed(int(params[i, 9]))
