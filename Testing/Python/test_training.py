@@ -412,6 +412,52 @@ def test_evaluate_oof_and_held_out(data, tmp_path):
     assert main(["evaluate", "--bundle", str(bundle), "--out", str(tmp_path / "x")]) == 2
 
 
+def test_test_time_mirroring_is_fitted_on_and_applied_to_every_score(data, tmp_path):
+    """The bundle's out-of-fold scores, on which calibration and thresholds are fitted, and its
+    scores on new cases are the mean over the crop's 8 mirror images (its flips along z, y, x)."""
+    import csv
+    from itertools import product
+
+    from JMIDAnomalyLib.models.inputs import model_batch
+    from JMIDAnomalyLib.training.data import CropDataset, load_samples
+    from JMIDAnomalyLib.training.evaluation import predict
+
+    cfg = config(data, tmp_path / "run", epochs=2, lr=0.05, amp=False)  # views told apart
+    bundle = load_bundle(train(cfg))
+    assert bundle.mirroring and bundle.meta["test_time_mirroring"] is True
+    samples, _ = load_samples(cfg)
+    crop = bundle.crop_config
+
+    @torch.no_grad()
+    def mirrored_by_hand(model, volume: torch.Tensor) -> np.ndarray:
+        outputs = []
+        for flips in product((False, True), repeat=3):  # z, y, x of the (Z, Y, X) crop
+            view = torch.flip(volume, [d for d, f in zip((0, 1, 2), flips, strict=True) if f])
+            x = model_batch(view[None], bundle.layout, crop.samples, crop.slices_per_sample)
+            outputs.append(torch.sigmoid(model(x)).numpy()[0])
+        spread.append(np.ptp(outputs, axis=0).max())
+        return np.mean(outputs, axis=0)
+
+    spread: list[float] = []
+    volumes = [torch.from_numpy(s.crop.read()).float() for s in samples]
+    by_hand = np.stack([[mirrored_by_hand(m, v) for v in volumes] for m in bundle.models])
+    print("largest spread between views", max(spread))
+    assert max(spread) > 5e-3  # the check below can tell the mean from a single view
+    with (tmp_path / "run" / "oof_predictions.csv").open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    index = {s.case_id: i for i, s in enumerate(samples)}
+    for row in rows:
+        k = bundle.classes.index(row["class"])
+        expected = by_hand[int(row["fold"]), index[row["case_id"]], k]
+        assert float(row["probability_raw"]) == pytest.approx(expected, abs=2e-5)
+    dataset = CropDataset(samples, bundle.layout, crop.samples, crop.slices_per_sample)
+    scores, _ = predict(bundle, dataset, device="cpu")
+    np.testing.assert_allclose(scores, by_hand.mean(0), atol=1e-5)
+    bundle.meta["test_time_mirroring"] = False  # a bundle from before: one pass
+    single, _ = predict(bundle, dataset, device="cpu")
+    assert np.abs(single - scores).max() > 1e-3
+
+
 def test_mil_local_features_see_a_neighbourhood_only():
     """The demo model's encoder ends after stage 2: a feature at one corner of the 8x8 map does
     not change when pixels 28 to 31 do (it sees about 20 pixels), while mil_small's do."""

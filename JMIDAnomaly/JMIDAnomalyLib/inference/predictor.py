@@ -263,7 +263,8 @@ class AnomalyPredictor:
         config = bundle.crop_config
         volume = torch.from_numpy(crop.image).to(self.device)[None]
         batch = model_batch(volume, bundle.layout, config.samples, config.slices_per_sample)
-        raw = ensemble_probabilities(bundle.models, [batch], amp=self.amp)[:, 0].cpu().numpy()
+        raw = ensemble_probabilities(bundle.models, [batch], amp=self.amp, mirror=bundle.mirroring)
+        raw = raw[:, 0].cpu().numpy()
         folds = bundle.calibrate(raw)  # (folds, K)
         mean = bundle.calibrate(raw.mean(0))  # (K,): the calibrated ensemble
         for k, cls in enumerate(bundle.classes):

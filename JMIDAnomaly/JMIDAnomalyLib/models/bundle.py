@@ -100,6 +100,13 @@ class Bundle:
         return calibrate(self.calibration, raw, self.classes)
 
     @property
+    def mirroring(self) -> bool:
+        """Whether its scores are the mean over the crop's mirror images (test-time mirroring:
+        its calibration and thresholds were fitted on such scores); False for bundles from
+        before it."""
+        return bool(self.meta.get("test_time_mirroring", False))
+
+    @property
     def crop_config(self) -> CropConfig:
         """The preprocessing its models were trained with."""
         return CropConfig.from_dict(self.meta["preprocessing"])

@@ -70,6 +70,12 @@ class TrainConfig:
             the multiple-instance objective, under which a finding seen in one sample can decide
             the case (with repeated labels, the samples of a positive case that do not show the
             finding are trained towards "positive" too, and small focal findings are not learnt).
+        augment: the training augmentation (:mod:`~JMIDAnomalyLib.training.augment`: flips,
+            rotation and scaling, noise).
+        test_time_mirroring: out-of-fold predictions, and every score of the bundle, are the
+            mean over the crop's 8 mirror images (:func:`~JMIDAnomalyLib.models.ensemble.
+            ensemble_probabilities`; 8 forward passes, as nnU-Net mirrors); only with
+            ``augment``, whose flips the models learn. The epochs' validation stays single-pass.
         amp: mixed precision: float16 on CUDA, and training in bfloat16 on a CPU with native
             bfloat16 (AVX512-BF16 or AMX; ``common.devices.training_precision``).
         seed: everything is seeded from it (augmentation per epoch and item, so any
@@ -118,6 +124,7 @@ class TrainConfig:
     class_weighting: bool = False
     balanced_sampling: bool = False
     augment: bool = True
+    test_time_mirroring: bool = True
     sample_loss: bool = False
     amp: bool = True
     seed: int = 0
@@ -130,6 +137,11 @@ class TrainConfig:
     min_specificity: float = 0.8
     specificity_confidence: float = 0.0
     preset: str = ""
+
+    @property
+    def mirroring(self) -> bool:
+        """Whether the bundle's scores are mirrored (test-time mirroring needs the flips)."""
+        return self.augment and self.test_time_mirroring
 
     def __post_init__(self) -> None:
         if self.organ not in ORGANS:

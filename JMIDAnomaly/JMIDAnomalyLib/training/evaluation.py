@@ -66,7 +66,9 @@ def predict(
     target = pick_device(device)
     models = [m.to(target).eval() for m in bundle.models]
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    stacked = ensemble_probabilities(models, (x for x, *_ in loader), target, amp).cpu().numpy()
+    batches = (x for x, *_ in loader)
+    stacked = ensemble_probabilities(models, batches, target, amp, bundle.mirroring)
+    stacked = stacked.cpu().numpy()
     return stacked.mean(0), stacked.std(0)
 
 

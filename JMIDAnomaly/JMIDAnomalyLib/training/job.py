@@ -228,7 +228,7 @@ def _train_folds(
             trainer.fit(span, writer, resume)
             # Every rank loads the best epoch (rank 0 wrote it) and predicts its share.
             trainer.module.load_state_dict(_best_state(out, k))
-            oof[val_idx] = trainer.predict(trainer.val_set)
+            oof[val_idx] = trainer.predict(trainer.val_set, config.mirroring)
             trainer.close()
             if rank == 0:
                 record = {"oof": oof[val_idx].tolist(), "history": trainer.history}
@@ -281,6 +281,7 @@ def _write_bundle(
         "model": config.model,
         "model_kwargs": kwargs,
         "preprocessing": crop.to_dict(),
+        "test_time_mirroring": config.mirroring,
         "calibration": calibration,
         "thresholds": choose_thresholds(
             labels,

@@ -216,9 +216,10 @@ class FoldTrainer:
         }
         return total / max(batches, 1)
 
-    def predict(self, dataset: CropDataset) -> np.ndarray:
-        """Case probabilities (N, K) for a dataset, in its order. Under DDP every rank
-        predicts its share and the shares are gathered (call it on every rank)."""
+    def predict(self, dataset: CropDataset, mirror: bool = False) -> np.ndarray:
+        """Case probabilities (N, K) for a dataset, in its order (``mirror``: test-time
+        mirroring). Under DDP every rank predicts its share and the shares are gathered (call
+        it on every rank)."""
         self.model.eval()
         mine = list(range(self.rank, len(dataset), self.world))
         if dataset is self.val_set:
@@ -230,7 +231,7 @@ class FoldTrainer:
         probs = np.zeros((0, len(self.classes)), np.float32)
         if mine:
             batches = (x for x, *_ in loader)
-            probs = ensemble_probabilities([self.module], batches, self.device, self.amp)[0]
+            probs = ensemble_probabilities([self.module], batches, self.device, self.amp, mirror)[0]
             probs = probs.float().cpu().numpy()
         if self.world == 1:
             return probs
