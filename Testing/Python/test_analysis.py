@@ -16,14 +16,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from JMIDAnomalyLib.common.errors import InputError
 from JMIDAnomalyLib.common.organs import ORGAN_CLASSES
 from JMIDAnomalyLib.demo.planting import Planter
+from JMIDAnomalyLib.imaging.crops import crop_organs
 from JMIDAnomalyLib.imaging.geometry import Grid, hot_spot_lps, resample_to_grid
 from JMIDAnomalyLib.imaging.label_tables import select_organs
 from JMIDAnomalyLib.imaging.volumes import read_image, write_image
 from JMIDAnomalyLib.inference.analyze_job import analyze_case
 from JMIDAnomalyLib.inference.predictor import AnomalyPredictor
+from JMIDAnomalyLib.models.ensemble import ensemble_probabilities
+from JMIDAnomalyLib.models.inputs import model_batch
 from JMIDAnomalyLib.scene.cases import SCORE_COLUMNS, score_rows
 from JMIDAnomalyLib.scene.mrml import HEATMAP_COLOR_NODE_ID, load_scene, volume_node_to_image
 from JMIDAnomalyLib.training.config import TrainConfig
@@ -223,6 +227,20 @@ def test_results_folder_scene_and_hirescam(predictor, example_ct, organs_seg, tm
     raw = np.array([s["raw_probability"] for s in liver["scores"]])
     shown = [s["probability"] for s in liver["scores"]]
     np.testing.assert_allclose(shown, bundle.calibrate(raw), atol=2e-5)
+    # ... of the ensemble's mean over the crop's 8 mirror images, as its calibration was fitted.
+    assert bundle.mirroring and scores["bundles"]["liver"]["mirrored"] is True
+    crop = crop_organs(image, seg, names, ("liver",), bundle.crop_config)[0]
+    config = bundle.crop_config
+    x = model_batch(
+        torch.from_numpy(crop.image)[None], bundle.layout, config.samples, config.slices_per_sample
+    )
+    mirrored, single = (
+        ensemble_probabilities(bundle.models, [x], mirror=m).mean(0)[0].numpy()
+        for m in (True, False)
+    )
+    print("largest single-pass difference", np.abs(mirrored - single).max())
+    np.testing.assert_allclose(raw, mirrored, atol=2e-5)
+    assert np.abs(raw - single).max() > 1e-4
     heat = sitk.GetArrayFromImage(read_image(out / "heatmap_liver.nii.gz"))
     assert heat.min() >= 0 and heat.max() > 0
     assert_inside_liver(heat, seg, names)

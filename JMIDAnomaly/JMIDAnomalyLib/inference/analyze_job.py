@@ -11,7 +11,8 @@
 
     {"format": 1, "ct": "<file name>", "segmentation": "given" | "model",
      "explain": "occlusion" | "hirescam" | "none", "seconds": float,
-     "bundles": {"<organ>": {"model": str, "folds": int}},
+     "bundles": {"<organ>": {"model": str, "folds": int, "mirrored": bool (test-time
+                 mirroring: each score the mean over the crop's 8 mirror images)}},
      "organs": [{"organ": str, "side": str | null, "status": "ok" | "partial" | "absent" |
                  "too_small", "message": str, "volume_ml": float, "flagged": [class, ...],
                  "explained_class": str | null, "heatmap": "<file>" | null,
@@ -300,7 +301,7 @@ def write_results(
         "explain": analysis.explain,
         "seconds": round(analysis.seconds, 2),
         "bundles": {
-            o: {"model": b.meta["model"], "folds": len(b.models)}
+            o: {"model": b.meta["model"], "folds": len(b.models), "mirrored": b.mirroring}
             for o, b in predictor.bundles.items()
         },
         "organs": organs,
