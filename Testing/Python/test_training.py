@@ -354,6 +354,9 @@ def test_config_round_trip_and_errors(tmp_path):
         TrainConfig(organ="lung")
     with pytest.raises(InputError, match="threshold_rule.*'balanced' or 'youden', not 'best'"):
         TrainConfig(threshold_rule="best")
+    path.write_text('{"organ": "liver", "test_time_mirroring": "false"}')  # a string, truthy
+    with pytest.raises(InputError, match="test_time_mirroring.*true or false, not 'false'"):
+        TrainConfig.load(path)
 
 
 def test_evaluate_oof_and_held_out(data, tmp_path):

@@ -7,7 +7,7 @@ The same object drives ``jmid train --config FILE``, JMIDTrainer's Logic and the
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from JMIDAnomalyLib.common.errors import InputError, check_known_keys
@@ -144,6 +144,9 @@ class TrainConfig:
         return self.augment and self.test_time_mirroring
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # a string such as "false" would read as true
+            if f.type == "bool" and not isinstance(getattr(self, f.name), bool):
+                raise InputError(f.name, f"must be true or false, not {getattr(self, f.name)!r}")
         if self.organ not in ORGANS:
             raise InputError("organ", f"'{self.organ}' is not one of {', '.join(ORGANS)}")
         if self.loss not in ("bce", "focal"):
