@@ -70,6 +70,60 @@ def test_every_finding_lies_inside_its_organ(cohort):
             assert organ[index[2], index[1], index[0]], (case, finding)
 
 
+#: Findings that put new tissue in place of the organ's (the others add to its attenuation).
+REPLACING = {"cyst", "calcification", "gallstone", "pancreatic_duct_dilation"}
+
+
+def test_planted_tissue_keeps_the_ct_noise(cohort):
+    """A cyst, stone or dilated duct carries the CT's noise, as real ones do, never one flat
+    value (before, every voxel of a planted cyst had the same HU: 0.0 HU standard deviation
+    against about 20 HU in the liver around it), and keeps its planted attenuation."""
+    root, _ = cohort
+    truth = json.loads((root / "truth.json").read_text())
+    checked = 0
+    for record in truth:
+        case = record["case_id"]
+        ct = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "images" / f"{case}.nii.gz")))
+        mask = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "findings" / f"{case}.nii.gz")))
+        for finding in record["findings"]:
+            values = ct[mask == finding["label"]].astype(float)
+            if finding["cls"] not in REPLACING or len(values) < 8:
+                continue
+            assert values.std() > 3.0, (case, finding, values.std())
+            if finding["cls"] == "cyst":  # planted at 0-15 HU
+                assert -10 <= np.median(values) <= 25, (case, finding, np.median(values))
+            checked += 1
+    assert checked >= 2
+
+
+def test_a_cyst_keeps_water_density_when_the_liver_turns_fatty(
+    example_ct, example_seg, label_names
+):
+    """On the real example CT: a cyst planted before the fatty liver stays at its 0-15 HU with
+    the CT's noise while the parenchyma around it drops; a mass drops with the liver (its
+    contrast is to the liver). Before, the drop took the cyst to -55..-20 HU, fat's density."""
+    from JMIDAnomalyLib.demo.planting import Planter
+
+    array = sitk.GetArrayFromImage(example_ct).astype(np.float32)
+    labels = sitk.GetArrayViewFromImage(example_seg)
+    value = [v for v, n in label_names.items() if n == "liver"][0]
+    liver = (labels == value).astype(np.uint8)
+    findings = np.zeros(array.shape, np.uint8)
+    planter = Planter(
+        array, {"liver": liver}, Grid.from_image(example_ct), np.random.default_rng(5), findings
+    )
+    cyst = planter.lesion("liver", None, "cyst", (25, 30), (5, 10))
+    mass = planter.lesion("liver", None, "SOL", (25, 30), (-60, -60), soft=True, absolute=False)
+    in_cyst, in_mass = findings == cyst.label, findings == mass.label
+    before = array.copy()
+    fatty = planter.fatty_liver()
+    parenchyma = (liver > 0) & (findings != cyst.label) & (findings != mass.label)
+    assert np.median(array[parenchyma] - before[parenchyma]) == pytest.approx(fatty.contrast_hu)
+    np.testing.assert_array_equal(array[in_cyst], before[in_cyst])
+    assert 0 <= np.median(array[in_cyst]) <= 15 and array[in_cyst].std() > 3.0
+    np.testing.assert_allclose(array[in_mass] - before[in_mass], fatty.contrast_hu, atol=1e-3)
+
+
 @pytest.mark.parametrize("source", ["structured", "free text"])
 def test_reports_label_back_to_exactly_the_planted_classes(cohort, tmp_path, source):
     root, _ = cohort

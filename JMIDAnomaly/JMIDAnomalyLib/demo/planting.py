@@ -63,6 +63,11 @@ FINDING_KINDS: tuple[tuple[str, str], ...] = (
 )
 
 
+#: Scale (voxels) below which a CT's variation counts as its noise, kept inside a lesion that
+#: replaces the tissue (:meth:`Planter.lesion`).
+NOISE_SIGMA_VOXELS = 1.0
+
+
 class Planter:
     """Plants findings into one case (CT array in HU and organ masks, both (z, y, x))."""
 
@@ -82,6 +87,9 @@ class Planter:
         self.spacing_zyx = np.asarray(grid.spacing)[::-1]
         kji = np.indices(ct.shape, sparse=True)
         self._kji = kji
+        # How much of each voxel is tissue a finding put in place of the organ's (0..1): a cyst,
+        # stone or duct keeps its attenuation when the liver around it turns fatty.
+        self._replaced = np.zeros(ct.shape, np.float32)
 
     def _distance_mm(self, centre_kji: np.ndarray) -> np.ndarray:
         k, j, i = self._kji
@@ -91,6 +99,12 @@ class Planter:
             + ((j - centre_kji[1]) * s[1]) ** 2
             + ((i - centre_kji[2]) * s[2]) ** 2
         )
+
+    def _noise(self) -> np.ndarray:
+        """The CT's noise: what it holds at scales below :data:`NOISE_SIGMA_VOXELS`. Tissue that
+        a finding puts in place of the organ's keeps it, as a real cyst, stone or duct does: a
+        flat value (every voxel the same HU) is a cue that no real CT gives a model."""
+        return self.ct - ndimage.gaussian_filter(self.ct, NOISE_SIGMA_VOXELS)
 
     def _centre(self, organ_key: str, radius_mm: float) -> np.ndarray | None:
         """A random voxel deep enough inside the organ for a lesion of this radius."""
@@ -129,7 +143,8 @@ class Planter:
         soft: bool = False,
         absolute: bool = True,
     ) -> PlantedFinding | None:
-        """A round lesion: ``absolute`` sets the HU (cyst, stone), else adds to it (mass)."""
+        """A round lesion: ``absolute`` sets the HU (cyst, stone; with the CT's noise), else
+        adds to it (mass)."""
         key = organ_key(organ, side)
         size = float(self.rng.uniform(*diameter))
         radius = size / 2
@@ -145,17 +160,20 @@ class Planter:
         region = weight > 0.5
         if absolute:
             contrast = target - float(np.median(self.ct[self.masks[key] > 0]))
-            self.ct[:] = self.ct * (1 - weight) + target * weight
+            self.ct[:] = self.ct * (1 - weight) + (target + self._noise()) * weight
+            np.maximum(self._replaced, weight, out=self._replaced)
         else:
             contrast = target
             self.ct[:] = self.ct + target * weight
         return self._finish(organ, side, cls, size, centre, region, contrast)
 
     def fatty_liver(self) -> PlantedFinding | None:
-        """Lower the whole liver's attenuation (fatty liver); returns the finding."""
+        """Lower the liver's attenuation (fatty liver); returns the finding. The parenchyma
+        drops, a mass in it with it (its contrast is to the liver); a cyst or calcification
+        planted before keeps its own attenuation, as water and calcium do in a fatty liver."""
         mask = self.masks["liver"] > 0
         drop = float(self.rng.uniform(-70, -35))
-        self.ct[mask] += drop
+        self.ct[mask] += drop * (1.0 - self._replaced[mask])
         centre = np.argwhere(mask).mean(axis=0)
         return self._finish("liver", None, "fatty_liver", 0.0, centre, mask, drop)
 
@@ -204,7 +222,8 @@ class Planter:
         if tube.sum() < 3:
             return None
         value = float(self.rng.uniform(0, 20))
-        self.ct[tube] = value
+        self.ct[tube] = value + self._noise()[tube]
+        self._replaced[tube] = 1.0
         contrast = value - float(np.median(self.ct[mask]))
         return self._finish(
             "pancreas",
