@@ -124,6 +124,35 @@ def test_a_cyst_keeps_water_density_when_the_liver_turns_fatty(
     np.testing.assert_allclose(array[in_mass] - before[in_mass], fatty.contrast_hu, atol=1e-3)
 
 
+def test_a_finding_planted_in_a_fatty_liver_keeps_its_voxels_in_the_finding_mask(
+    example_ct, example_seg, label_names
+):
+    """The finding mask of a fatty liver covers the liver; a cyst or mass planted after it takes
+    its voxels there (before, the first finding kept every voxel: the cyst had none), and the
+    fatty liver keeps the rest. A focal finding planted before keeps its voxels."""
+    from JMIDAnomalyLib.demo.planting import Planter
+
+    array = sitk.GetArrayFromImage(example_ct).astype(np.float32)
+    labels = sitk.GetArrayViewFromImage(example_seg)
+    value = [v for v, n in label_names.items() if n == "liver"][0]
+    liver = (labels == value).astype(np.uint8)
+    findings = np.zeros(array.shape, np.uint8)
+    planter = Planter(
+        array, {"liver": liver}, Grid.from_image(example_ct), np.random.default_rng(3), findings
+    )
+    first = planter.lesion("liver", None, "calcification", (8, 10), (500, 600))
+    fatty = planter.fatty_liver()
+    cyst = planter.lesion("liver", None, "cyst", (20, 25), (5, 10))
+    mass = planter.lesion("liver", None, "SOL", (20, 25), (-60, -60), soft=True, absolute=False)
+    for finding in (first, cyst, mass):
+        region = findings == finding.label
+        assert region.any() and np.mean(liver[region] > 0) >= 0.8, finding
+    assert len({f.label for f in (first, fatty, cyst, mass)}) == 4  # before: cyst's = mass's
+    sizes = [int((findings == f.label).sum()) for f in (first, fatty, cyst, mass)]
+    assert sum(sizes) == int(((liver > 0) | (findings > 0)).sum())
+    assert sizes[1] > 10 * (sizes[2] + sizes[3])
+
+
 @pytest.mark.parametrize("source", ["structured", "free text"])
 def test_reports_label_back_to_exactly_the_planted_classes(cohort, tmp_path, source):
     root, _ = cohort

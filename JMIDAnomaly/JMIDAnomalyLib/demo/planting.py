@@ -90,6 +90,9 @@ class Planter:
         # How much of each voxel is tissue a finding put in place of the organ's (0..1): a cyst,
         # stone or duct keeps its attenuation when the liver around it turns fatty.
         self._replaced = np.zeros(ct.shape, np.float32)
+        # Labels of findings that cover a whole organ (fatty liver): a focal finding planted
+        # after one takes its voxels in the finding mask, as it would be drawn on that organ.
+        self._diffuse: list[int] = []
 
     def _distance_mm(self, centre_kji: np.ndarray) -> np.ndarray:
         k, j, i = self._kji
@@ -121,9 +124,18 @@ class Planter:
         offset = np.array([b.start for b in box])
         return (candidates[self.rng.integers(len(candidates))] + offset).astype(float)
 
-    def _finish(self, organ, side, cls, size, centre_kji, region, contrast) -> PlantedFinding:
+    def _finish(
+        self, organ, side, cls, size, centre_kji, region, contrast, diffuse: bool = False
+    ) -> PlantedFinding:
+        """Record a finding: its label in the finding mask (a focal one over a diffuse one, else
+        the first planted keeps a voxel) and its centre in LPS mm."""
         label = int(self.finding_mask.max()) + 1
-        self.finding_mask[region & (self.finding_mask == 0)] = label
+        free = self.finding_mask == 0
+        if diffuse:
+            self._diffuse.append(label)
+        elif self._diffuse:
+            free |= np.isin(self.finding_mask, self._diffuse)
+        self.finding_mask[region & free] = label
         inside = np.argwhere(region)
         if not region[tuple(np.round(centre_kji).astype(int))]:
             # A curved organ's centroid can fall outside it: take the nearest voxel of the finding.
@@ -175,7 +187,7 @@ class Planter:
         drop = float(self.rng.uniform(-70, -35))
         self.ct[mask] += drop * (1.0 - self._replaced[mask])
         centre = np.argwhere(mask).mean(axis=0)
-        return self._finish("liver", None, "fatty_liver", 0.0, centre, mask, drop)
+        return self._finish("liver", None, "fatty_liver", 0.0, centre, mask, drop, diffuse=True)
 
     def enlarge(self, organ: str, labels: np.ndarray, organ_value: int) -> PlantedFinding | None:
         """Organ enlargement: grow the organ by 4-9 mm, filled with its own attenuation."""
