@@ -96,12 +96,8 @@ def test_planted_tissue_keeps_the_ct_noise(cohort):
     assert checked >= 2
 
 
-def test_a_cyst_keeps_water_density_when_the_liver_turns_fatty(
-    example_ct, example_seg, label_names
-):
-    """On the real example CT: a cyst planted before the fatty liver stays at its 0-15 HU with
-    the CT's noise while the parenchyma around it drops; a mass drops with the liver (its
-    contrast is to the liver). Before, the drop took the cyst to -55..-20 HU, fat's density."""
+def _liver_planter(example_ct, example_seg, label_names, seed: int):
+    """A planter on the real example CT's liver: (CT array, liver mask, finding mask, planter)."""
     from JMIDAnomalyLib.demo.planting import Planter
 
     array = sitk.GetArrayFromImage(example_ct).astype(np.float32)
@@ -109,9 +105,18 @@ def test_a_cyst_keeps_water_density_when_the_liver_turns_fatty(
     value = [v for v, n in label_names.items() if n == "liver"][0]
     liver = (labels == value).astype(np.uint8)
     findings = np.zeros(array.shape, np.uint8)
-    planter = Planter(
-        array, {"liver": liver}, Grid.from_image(example_ct), np.random.default_rng(5), findings
-    )
+    grid = Grid.from_image(example_ct)
+    planter = Planter(array, {"liver": liver}, grid, np.random.default_rng(seed), findings)
+    return array, liver, findings, planter
+
+
+def test_a_cyst_keeps_water_density_when_the_liver_turns_fatty(
+    example_ct, example_seg, label_names
+):
+    """On the real example CT: a cyst planted before the fatty liver stays at its 0-15 HU with
+    the CT's noise while the parenchyma around it drops; a mass drops with the liver (its
+    contrast is to the liver). Before, the drop took the cyst to -55..-20 HU, fat's density."""
+    array, liver, findings, planter = _liver_planter(example_ct, example_seg, label_names, 5)
     cyst = planter.lesion("liver", None, "cyst", (25, 30), (5, 10))
     mass = planter.lesion("liver", None, "SOL", (25, 30), (-60, -60), soft=True, absolute=False)
     in_cyst, in_mass = findings == cyst.label, findings == mass.label
@@ -130,16 +135,7 @@ def test_a_finding_planted_in_a_fatty_liver_keeps_its_voxels_in_the_finding_mask
     """The finding mask of a fatty liver covers the liver; a cyst or mass planted after it takes
     its voxels there (before, the first finding kept every voxel: the cyst had none), and the
     fatty liver keeps the rest. A focal finding planted before keeps its voxels."""
-    from JMIDAnomalyLib.demo.planting import Planter
-
-    array = sitk.GetArrayFromImage(example_ct).astype(np.float32)
-    labels = sitk.GetArrayViewFromImage(example_seg)
-    value = [v for v, n in label_names.items() if n == "liver"][0]
-    liver = (labels == value).astype(np.uint8)
-    findings = np.zeros(array.shape, np.uint8)
-    planter = Planter(
-        array, {"liver": liver}, Grid.from_image(example_ct), np.random.default_rng(3), findings
-    )
+    _, liver, findings, planter = _liver_planter(example_ct, example_seg, label_names, 3)
     first = planter.lesion("liver", None, "calcification", (8, 10), (500, 600))
     fatty = planter.fatty_liver()
     cyst = planter.lesion("liver", None, "cyst", (20, 25), (5, 10))
