@@ -8,7 +8,8 @@ its core, that less the organ's median (the organ without its focal lesions), it
 less the organ's median, the mean gradient magnitude across its edge, its log volume and its
 core's standard deviation. A logistic regression on them (scikit-learn, cross-validated by
 patient) gives each lesion a probability, and the AUC of the two classes is printed overall and
-for lesions in a fatty organ, in a normal one and under 15 mm across.
+for lesions in a fatty organ (or, outside the liver, an enlarged one: the organ has a diffuse
+finding too), in a normal one and under 15 mm across.
 
 With ``--predictions`` (the ``predictions.csv`` that ``jmid evaluate`` writes for a bundle on
 the same cohort) the bundle's own figure is printed beside it: the first class's score, cases
