@@ -26,6 +26,7 @@ from JMIDAnomalyLib.imaging.label_tables import select_organs
 from JMIDAnomalyLib.imaging.volumes import read_image, write_image
 from JMIDAnomalyLib.inference.analyze_job import analyze_case
 from JMIDAnomalyLib.inference.predictor import AnomalyPredictor
+from JMIDAnomalyLib.models.domain import OUTSIDE_NOTE
 from JMIDAnomalyLib.models.ensemble import ensemble_probabilities
 from JMIDAnomalyLib.models.inputs import model_batch
 from JMIDAnomalyLib.scene.cases import SCORE_COLUMNS, score_rows
@@ -270,6 +271,10 @@ def test_results_folder_scene_and_hirescam(predictor, example_ct, organs_seg, tm
         r = rows[entry["class"]]
         assert r["organ"] == "liver" and abs(r["probability"] - entry["probability"]) < 1e-4
         assert r["flag"] == int(entry["flag"])
+    # The training domain is checked and its verdict is on every row of the organ.
+    assert liver["domain_ratio"] is not None
+    note = OUTSIDE_NOTE if liver["outside_training_data"] else ""
+    assert liver["note"] == note and {r["note"] for r in rows.values()} == {note}
 
 
 def test_bad_inputs_get_clear_messages(

@@ -78,6 +78,55 @@ def test_training_writes_a_self_contained_bundle(data, tmp_path):
         train(cfg)
 
 
+def test_the_training_domain_tells_another_patients_ct_from_a_training_case(
+    data, tmp_path, reference_data
+):
+    """Each fold's Gaussian of its training cases' features and its threshold (from its
+    validation cases) are in the bundle, read back as tensors only; a training case lies
+    inside, the other patient's real CT (0.98 mm DICOM series) outside, and scores.json and
+    the evaluation say so."""
+    from JMIDAnomalyLib.imaging.label_tables import read_label_names
+    from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map
+    from JMIDAnomalyLib.inference.predictor import AnomalyPredictor
+
+    bundle_dir = train(config(data, tmp_path / "run"))
+    bundle = load_bundle(bundle_dir.with_suffix(".zip"))
+    assert bundle.meta["domain"] == {"file": "domain.pt", "quantile": 0.99}
+    assert len(bundle.domain) == 3
+    assert all(np.isfinite(float(d["threshold"])) and d["threshold"] > 0 for d in bundle.domain)
+    predictor = AnomalyPredictor({"liver": bundle}, device="cpu")
+    names = read_label_names(data / "cohort" / "labels.json")
+    ratios = {}
+    for name, (ct_path, seg_path, table) in {
+        "training case": (
+            data / "cohort" / "images" / "case_0001.nii.gz",
+            data / "cohort" / "segs" / "case_0001.nii.gz",
+            names,
+        ),
+        "other patient": (
+            reference_data.dicom_dir,
+            reference_data.dicom_seg,
+            read_label_names(reference_data.labels_json),
+        ),
+    }.items():
+        ct = read_ct(ct_path)
+        result = predictor.analyze(ct, read_label_map(seg_path, ct), table, explain="none")
+        liver = result.organs[0].to_dict()
+        assert liver["outside_training_data"] == (liver["domain_ratio"] > 1)
+        ratios[name] = liver["domain_ratio"]
+    assert ratios["training case"] < 1 < ratios["other patient"], ratios
+    # The evaluation counts the crops outside: none of the training cases.
+    from JMIDAnomalyLib.training.evaluation import evaluate_bundle
+
+    summary = evaluate_bundle(
+        bundle_dir, data / "labels", data / "cohort", data / "crop_cache", tmp_path / "eval"
+    )
+    assert summary["outside_training_data"] <= 1  # at most the one past its fold's quantile
+    (bundle_dir / "domain.pt").unlink()
+    with pytest.raises(InputError, match="domain.pt is missing"):
+        load_bundle(bundle_dir)
+
+
 def test_resume_after_kill_finishes_with_the_same_epochs(data, tmp_path):
     out = tmp_path / "run"
     cfg = config(data, out, epochs=4)

@@ -188,9 +188,11 @@ def test_browser_review_reads_a_case_and_marks_a_false_positive(review_server, p
     assert [c[1] for c in cells] == list(ORGAN_CLASSES["liver"])
     assert all(0 <= float(c[2]) <= 1 and 0 < float(c[3]) <= 1 for c in cells)
     # What is shown is the bundle's calibration of the ensemble, not its raw probability.
-    calibrated, raw = _liver_scores(demo, bundle, case)
+    calibrated, raw, outside = _liver_scores(demo, bundle, case)
     np.testing.assert_allclose([float(c[2]) for c in cells], calibrated, atol=6e-4)
     assert np.abs(calibrated - raw).max() > 0.01
+    # A crop unlike the bundle's training data is said so above the scores, and only then.
+    assert page.locator("#domain-note").count() == int(outside)
     # Select the organ: the views centre where the model looked and show its heatmap.
     page.click("#score-row-0")
     page.locator("#status", has_text="Centred on liver").wait_for()
@@ -250,8 +252,9 @@ def test_browser_review_reads_a_case_and_marks_a_false_positive(review_server, p
     assert process.poll() is None
 
 
-def _liver_scores(demo: Path, bundle: Path, case: str) -> tuple[np.ndarray, np.ndarray]:
-    """(calibrated, raw) liver probabilities of a demo case, by ``bundle`` here."""
+def _liver_scores(demo: Path, bundle: Path, case: str) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(calibrated, raw) liver probabilities of a demo case, by ``bundle`` here, and whether
+    its crop is outside the bundle's training data."""
     from JMIDAnomalyLib.imaging.label_tables import read_label_names
     from JMIDAnomalyLib.imaging.volumes import read_ct, read_label_map
     from JMIDAnomalyLib.inference.predictor import AnomalyPredictor
@@ -265,6 +268,7 @@ def _liver_scores(demo: Path, bundle: Path, case: str) -> tuple[np.ndarray, np.n
     return (
         np.array([s.probability for s in liver.scores]),
         np.array([s.raw_probability for s in liver.scores]),
+        liver.outside_training_data,
     )
 
 

@@ -61,6 +61,7 @@ def evaluate_test_set(
     normals = [k for k in flagged if not planted[k]]
     return {
         "metrics": summary["classes"],
+        "outside_training_data": summary.get("outside_training_data"),
         "cases": len(flagged),
         "exact": sum(flagged[k] == planted[k] for k in flagged),
         "positives": len(positives),
@@ -149,4 +150,9 @@ def test_set_table(organ: str, test: dict, where: str = "the held-out test set")
         f"{test['positives']}; without, flagged for anything: {test['normals_flagged']} of "
         f"{test['normals']}"
     )
+    if test.get("outside_training_data") is not None:
+        lines.append(
+            f"  unlike the training data (its scores may not hold there): "
+            f"{test['outside_training_data']} of {test['cases']}"
+        )
     return lines

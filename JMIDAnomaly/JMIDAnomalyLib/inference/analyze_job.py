@@ -16,6 +16,9 @@
      "organs": [{"organ": str, "side": str | null, "status": "ok" | "partial" | "absent" |
                  "too_small", "message": str, "volume_ml": float, "flagged": [class, ...],
                  "explained_class": str | null, "heatmap": "<file>" | null,
+                 "domain_ratio": float | null (models/domain.py: above 1, the crop lies
+                 outside the bundle's training data; null: the bundle has no domain),
+                 "outside_training_data": bool, "note": str (what the viewers show then),
                  "scores": [{"class": str, "probability": float, "spread": float,
                              "fold_probabilities": [float], "threshold": float,
                              "raw_probability": float (before calibration),

@@ -31,7 +31,9 @@ from JMIDAnomalyLib.imaging.crops import STATUS_OK, STATUS_PARTIAL, crop_organs
 from JMIDAnomalyLib.imaging.geometry import Grid, map_to_source
 from JMIDAnomalyLib.inference import explain as explainers
 from JMIDAnomalyLib.inference.methods import NO_EXPLANATION, OCCLUSION, check_explain_method
+from JMIDAnomalyLib.models import domain as domains
 from JMIDAnomalyLib.models.bundle import Bundle, load_bundle
+from JMIDAnomalyLib.models.domain import OUTSIDE, OUTSIDE_NOTE
 from JMIDAnomalyLib.models.ensemble import ensemble_probabilities
 from JMIDAnomalyLib.models.inputs import model_batch
 
@@ -85,6 +87,13 @@ class OrganResult:
     scores: list[ClassScore] = field(default_factory=list)
     explained_class: str | None = None
     heatmap: np.ndarray | None = None  # (z, y, x) on the CT grid, zero outside the organ
+    domain_ratio: float | None = None  # models/domain.py; None: the bundle has no domain
+
+    @property
+    def outside_training_data(self) -> bool:
+        """Whether the crop lies outside the bundle's training domain (its scores and
+        thresholds may not hold there)."""
+        return self.domain_ratio is not None and self.domain_ratio > OUTSIDE
 
     @property
     def key(self) -> str:
@@ -112,6 +121,9 @@ class OrganResult:
             "volume_ml": round(self.volume_ml, 2),
             "flagged": self.flagged,
             "explained_class": self.explained_class,
+            "domain_ratio": None if self.domain_ratio is None else round(self.domain_ratio, 3),
+            "outside_training_data": self.outside_training_data,
+            "note": OUTSIDE_NOTE if self.outside_training_data else "",
             "scores": [s.to_dict() for s in self.scores],
         }
 
@@ -265,6 +277,9 @@ class AnomalyPredictor:
         batch = model_batch(volume, bundle.layout, config.samples, config.slices_per_sample)
         raw = ensemble_probabilities(bundle.models, [batch], amp=self.amp, mirror=bundle.mirroring)
         raw = raw[:, 0].cpu().numpy()
+        if bundle.domain is not None:
+            per_model = domains.features(bundle.models, [batch])
+            result.domain_ratio = float(domains.ratios(bundle.domain, per_model)[0])
         folds = bundle.calibrate(raw)  # (folds, K)
         mean = bundle.calibrate(raw.mean(0))  # (K,): the calibrated ensemble
         for k, cls in enumerate(bundle.classes):

@@ -11,6 +11,9 @@
                          training data summary (counts, label-file hash), library versions,
                          and the training configuration
       fold_<k>.pt        state dicts (tensors only)
+      domain.pt          per fold, the Gaussian of its training cases' features and its
+                         threshold (:mod:`~JMIDAnomalyLib.models.domain`; tensors only;
+                         absent in older bundles, which check no case against their domain)
 
 Loading checks every part and names what is missing or inconsistent; weights are read with
 ``torch.load(weights_only=True)``, so a file holding pickled objects is refused.
@@ -36,6 +39,7 @@ from JMIDAnomalyLib.imaging.crops import CropConfig
 from JMIDAnomalyLib.models.registry import create_model, model_input
 
 BUNDLE_FORMAT = 1
+DOMAIN_FILE = "domain.pt"
 
 
 def library_versions() -> dict[str, str]:
@@ -51,14 +55,23 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def save_bundle(folder: str | os.PathLike, meta: dict, states: list[dict]) -> Path:
-    """Write a bundle folder (atomically) and ``<folder>.zip`` beside it."""
+def save_bundle(
+    folder: str | os.PathLike, meta: dict, states: list[dict], domain: list[dict] | None = None
+) -> Path:
+    """Write a bundle folder (atomically) and ``<folder>.zip`` beside it; ``domain``: the
+    folds' training-domain fits (:func:`~JMIDAnomalyLib.models.domain.fit_folds`)."""
+    from JMIDAnomalyLib.models import domain as domains
+
     folder = Path(folder)
     meta = {"format": BUNDLE_FORMAT, "folds": len(states), "versions": library_versions(), **meta}
+    if domain is not None:
+        meta["domain"] = {"file": DOMAIN_FILE, "quantile": domains.QUANTILE}
     with atomic_output(folder, is_dir=True) as tmp:
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
         for k, state in enumerate(states):
             torch.save({name: tensor.cpu() for name, tensor in state.items()}, tmp / f"fold_{k}.pt")
+        if domain is not None:
+            domains.save(tmp / DOMAIN_FILE, domain)
     with atomic_output(folder.with_suffix(".zip")) as tmp, zipfile.ZipFile(tmp, "w") as z:
         for file in sorted(folder.iterdir()):
             z.write(file, f"{folder.name}/{file.name}")
@@ -72,6 +85,7 @@ class Bundle:
     path: Path
     meta: dict
     models: list[torch.nn.Module]
+    domain: list[dict] | None = None  # per fold, its training-domain fit (models/domain.py)
 
     @property
     def organ(self) -> str:
@@ -212,4 +226,21 @@ def _load_folder(folder: Path, name: Path, weights: bool = True) -> Bundle:
                 file, f"weights do not fit the model '{meta['model']}' ({str(exc)[:160]})"
             ) from None
         models.append(model.eval())
-    return Bundle(name, meta, models)
+    domain = _load_domain(folder, name, meta) if weights and "domain" in meta else None
+    return Bundle(name, meta, models, domain)
+
+
+def _load_domain(folder: Path, name: Path, meta: dict) -> list[dict]:
+    from JMIDAnomalyLib.models import domain as domains
+
+    file = folder / DOMAIN_FILE
+    if not file.is_file():
+        raise InputError(name, f"{DOMAIN_FILE} is missing (bundle.json names a domain)")
+    try:
+        return domains.load(file, int(meta["folds"]))
+    except pickle.UnpicklingError:
+        raise InputError(
+            file, "refusing to load: the file holds pickled objects, not only tensors"
+        ) from None
+    except (RuntimeError, EOFError, KeyError) as exc:
+        raise InputError(file, f"not a readable domain file ({str(exc)[:120]})") from None

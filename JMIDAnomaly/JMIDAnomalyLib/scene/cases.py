@@ -82,7 +82,8 @@ def import_segmentation_for_volume(
     )
 
 
-SCORE_COLUMNS = ("organ", "side", "class", "probability", "threshold", "flag", "spread")
+SCORE_COLUMNS = ("organ", "side", "class", "probability", "threshold", "flag", "spread", "note")
+_TEXT_COLUMNS = ("organ", "side", "class", "note")
 
 
 def add_analysis_to_scene(scene, ct: sitk.Image, analysis, name: str = "CT") -> CaseNodes:
@@ -135,7 +136,8 @@ def add_results_to_scene(
 
 
 def scores_table_node(scene, organs: list[dict], name: str):
-    """A vtkMRMLTableNode with one row per organ, side and class (numbers as numbers).
+    """A vtkMRMLTableNode with one row per organ, side and class (numbers as numbers); the
+    note is the organ's (``scores.json``: whether its crop is unlike the bundle's training data).
 
     ``organs`` are ``scores.json`` organ entries (``OrganResult.to_dict()``)."""
     import vtk
@@ -146,7 +148,7 @@ def scores_table_node(scene, organs: list[dict], name: str):
     for column in SCORE_COLUMNS:
         array = (
             vtk.vtkStringArray()
-            if column in ("organ", "side", "class")
+            if column in _TEXT_COLUMNS
             else (vtk.vtkIntArray() if column == "flag" else vtk.vtkDoubleArray())
         )
         array.SetName(column)
@@ -161,6 +163,7 @@ def scores_table_node(scene, organs: list[dict], name: str):
             columns["threshold"].InsertNextValue(score["threshold"])
             columns["flag"].InsertNextValue(int(score["flag"]))
             columns["spread"].InsertNextValue(score["spread"])
+            columns["note"].InsertNextValue(organ.get("note", ""))
     node.Modified()
     return node
 
@@ -173,7 +176,7 @@ def score_rows(node) -> list[dict]:
         row = {}
         for column in SCORE_COLUMNS:
             value = table.GetValueByName(r, column)
-            if column in ("organ", "side", "class"):
+            if column in _TEXT_COLUMNS:
                 row[column] = value.ToString()
             else:
                 row[column] = value.ToInt() if column == "flag" else value.ToDouble()

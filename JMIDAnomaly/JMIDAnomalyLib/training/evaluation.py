@@ -24,6 +24,7 @@ from JMIDAnomalyLib.common.atomic import atomic_output
 from JMIDAnomalyLib.common.devices import pick_device
 from JMIDAnomalyLib.common.errors import InputError
 from JMIDAnomalyLib.models import calibration as calibration_maps
+from JMIDAnomalyLib.models import domain as domains
 from JMIDAnomalyLib.models.bundle import Bundle, load_bundle
 from JMIDAnomalyLib.models.ensemble import ensemble_probabilities
 from JMIDAnomalyLib.training.config import DATA_PATHS, TrainConfig
@@ -259,7 +260,12 @@ def calibration_report(
 
 
 def _write(
-    out: Path, rows: list[dict], table: list[dict], organ: str, cross_fit: bool = False
+    out: Path,
+    rows: list[dict],
+    table: list[dict],
+    organ: str,
+    cross_fit: bool = False,
+    extra: dict | None = None,
 ) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     calibration_report(rows, table, out, organ, cross_fit)
@@ -267,6 +273,7 @@ def _write(
     summary = {
         "organ": organ,
         "cases": len({(r["case_id"], r["side"]) for r in rows}),
+        **(extra or {}),
         "classes": table,
     }
     with atomic_output(out / "metrics.json") as tmp:
@@ -322,4 +329,12 @@ def evaluate_bundle(
     raw, _ = predict(bundle, dataset, device=device)
     probs = bundle.calibrate(raw)
     rows = prediction_rows(samples, probs, bundle.classes, bundle.organ, "ensemble", raw=raw)
-    return _write(Path(out), rows, metrics_table(rows, bundle.thresholds), bundle.organ)
+    extra = {}
+    if bundle.domain is not None:  # how many crops lie outside the training data
+        loader = torch.utils.data.DataLoader(dataset, batch_size=8)
+        target = pick_device(device)
+        per_model = domains.features(bundle.models, (x for x, *_ in loader), target)
+        ratio = domains.ratios(bundle.domain, per_model)
+        extra["outside_training_data"] = int((ratio > domains.OUTSIDE).sum())
+    table = metrics_table(rows, bundle.thresholds)
+    return _write(Path(out), rows, table, bundle.organ, extra=extra)

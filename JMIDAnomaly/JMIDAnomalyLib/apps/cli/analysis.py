@@ -47,6 +47,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
     from JMIDAnomalyLib.common.errors import InputError
     from JMIDAnomalyLib.common.progress import console_progress
     from JMIDAnomalyLib.inference.analyze_job import AnalysisRunner, AnalyzeConfig
+    from JMIDAnomalyLib.models.domain import OUTSIDE_NOTE
 
     settings = {
         "bundles": [str(b) for b in args.bundle],
@@ -78,6 +79,8 @@ def _run_analyze(args: argparse.Namespace) -> int:
         flagged = ", ".join(organ.flagged) or "no finding above threshold"
         top = organ.abnormal[0]
         print(f"  {organ.key:18s} {flagged:40s} (top {top.cls} {top.probability:.2f})")
+        if organ.outside_training_data:
+            print(f"  {'':18s} {OUTSIDE_NOTE} (domain ratio {organ.domain_ratio:.1f})")
     print(f"scores.json, heatmaps, overview.png and scene.mrb written to {args.out}")
     return 0
 

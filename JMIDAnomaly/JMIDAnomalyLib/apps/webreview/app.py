@@ -142,6 +142,7 @@ class ReviewApp:
                 "error": "",
                 "log": [],
                 "scores": [],
+                "domain_note": "",
                 "selected_row": -1,
                 "heatmaps": [],
                 "heatmap": None,
@@ -323,8 +324,10 @@ class ReviewApp:
         from JMIDAnomalyLib.scene.cases import score_rows
 
         rows = score_rows(nodes.scores) if nodes is not None else []
+        notes = {organ_key(r["organ"], r["side"]): r["note"] for r in rows if r["note"]}
         self.state.update(
             {
+                "domain_note": "; ".join(f"{organ}: {note}" for organ, note in notes.items()),
                 "scores": [
                     {
                         "organ": organ_key(r["organ"], r["side"]),

@@ -100,6 +100,14 @@ def _status(app) -> None:
 def _scores(app) -> None:
     with v.VCard(classes="ma-2", variant="outlined"):
         v.VCardTitle("Scores", classes="text-subtitle-1")
+        v.VAlert(
+            v_if="domain_note",
+            text=("domain_note",),
+            type="warning",
+            density="compact",
+            id="domain-note",
+            classes="mx-2",
+        )
         with v.VTable(density="compact", id="scores", hover=True):
             with html.Thead(), html.Tr():
                 for header in SCORE_HEADERS:
