@@ -77,17 +77,15 @@ def build_ui(app):
     return layout
 
 
+def _alert(text: str, kind: str, element_id: str, classes: str) -> None:
+    """A compact alert that shows state variable ``text`` while it is not empty."""
+    v.VAlert(v_if=text, text=(text,), type=kind, density="compact", id=element_id, classes=classes)
+
+
 def _status(app) -> None:
     with html.Div(classes="pa-3"):
         html.Div("{{ status }}", id="status", classes="text-body-2")
-        v.VAlert(
-            v_if="error",
-            text=("error",),
-            type="error",
-            density="compact",
-            id="error",
-            classes="mt-2",
-        )
+        _alert("error", "error", "error", "mt-2")
         with v.VExpansionPanels(classes="mt-2"), v.VExpansionPanel(title="Worker log"):
             with v.VExpansionPanelText():
                 html.Pre(
@@ -100,14 +98,7 @@ def _status(app) -> None:
 def _scores(app) -> None:
     with v.VCard(classes="ma-2", variant="outlined"):
         v.VCardTitle("Scores", classes="text-subtitle-1")
-        v.VAlert(
-            v_if="domain_note",
-            text=("domain_note",),
-            type="warning",
-            density="compact",
-            id="domain-note",
-            classes="mx-2",
-        )
+        _alert("domain_note", "warning", "domain-note", "mx-2")
         with v.VTable(density="compact", id="scores", hover=True):
             with html.Thead(), html.Tr():
                 for header in SCORE_HEADERS:
