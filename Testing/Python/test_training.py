@@ -454,6 +454,8 @@ def test_evaluate_oof_and_held_out(data, tmp_path):
             assert (tmp_path / folder / f"reliability_{entry['class']}.png").is_file()
         nofinding = next(c for c in metrics["classes"] if c["class"] == "nofinding")
         assert nofinding["positives"] + nofinding["negatives"] == 12
+        # The held-out set is checked against the training domain (out-of-fold rows are not).
+        assert ("outside_training_data" in metrics) == (folder == "held_out")
         for png in ("roc.png", "confusion.png"):
             assert (tmp_path / folder / png).stat().st_size > 5000
         header = (tmp_path / folder / "predictions.csv").read_text(encoding="utf-8").splitlines()[0]

@@ -58,6 +58,11 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             f"  {c['class']:26s} pos {c['positives']:4d}  {auc:28s} "
             f"sens {sens} spec {spec} F1 {c['f1']:.2f}"
         )
+    if "outside_training_data" in summary:  # a held-out set, by a bundle with a domain
+        print(
+            f"  unlike the training data (its scores may not hold there): "
+            f"{summary['outside_training_data']} of {summary['cases']}"
+        )
     print(f"metrics, ROC and confusion plots, predictions.csv written to {args.out}")
     return 0
 
