@@ -505,10 +505,10 @@ def test_test_time_mirroring_is_fitted_on_and_applied_to_every_score(data, tmp_p
         expected = by_hand[int(row["fold"]), index[row["case_id"]], k]
         assert float(row["probability_raw"]) == pytest.approx(expected, abs=2e-5)
     dataset = CropDataset(samples, bundle.layout, crop.samples, crop.slices_per_sample)
-    scores, _ = predict(bundle, dataset, device="cpu")
+    scores, _, _ = predict(bundle, dataset, device="cpu")
     np.testing.assert_allclose(scores, by_hand.mean(0), atol=1e-5)
     bundle.meta["test_time_mirroring"] = False  # a bundle from before: one pass
-    single, _ = predict(bundle, dataset, device="cpu")
+    single, _, _ = predict(bundle, dataset, device="cpu")
     assert np.abs(single - scores).max() > 1e-3
 
 

@@ -133,6 +133,8 @@ def metrics_lines(title: str, metrics: list[dict], ece_title: str, ece_cell) -> 
 
 def test_set_table(organ: str, test: dict, where: str = "the held-out test set") -> list[str]:
     """The summary lines of a test-set evaluation (``jmid demo``'s table) on ``where``."""
+    from JMIDAnomalyLib.training.evaluation import outside_lines
+
     title = (
         f"{organ} ensemble on {where} ({test['cases']} cases, never trained on; "
         "labels: the planted findings):"
@@ -150,9 +152,4 @@ def test_set_table(organ: str, test: dict, where: str = "the held-out test set")
         f"{test['positives']}; without, flagged for anything: {test['normals_flagged']} of "
         f"{test['normals']}"
     )
-    if test.get("outside_training_data") is not None:
-        lines.append(
-            f"  unlike the training data (its scores may not hold there): "
-            f"{test['outside_training_data']} of {test['cases']}"
-        )
-    return lines
+    return lines + outside_lines(test)

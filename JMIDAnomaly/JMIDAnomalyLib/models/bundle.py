@@ -208,14 +208,7 @@ def _load_folder(folder: Path, name: Path, weights: bool = True) -> Bundle:
         file = folder / f"fold_{k}.pt"
         if not file.is_file():
             raise InputError(name, f"fold_{k}.pt is missing ({meta['folds']} folds expected)")
-        try:
-            state = torch.load(file, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            raise InputError(
-                file, "refusing to load: the file holds pickled objects, not only tensors"
-            ) from None
-        except (RuntimeError, EOFError) as exc:
-            raise InputError(file, f"not a readable weights file ({str(exc)[:120]})") from None
+        state = _read_tensors(file, "weights")
         model = create_model(
             meta["model"], num_classes=len(meta["classes"]), **meta["model_kwargs"]
         )
@@ -230,6 +223,18 @@ def _load_folder(folder: Path, name: Path, weights: bool = True) -> Bundle:
     return Bundle(name, meta, models, domain)
 
 
+def _read_tensors(file: Path, what: str) -> dict:
+    """A file of named tensors (``torch.load(weights_only=True)``); InputError otherwise."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise InputError(
+            file, "refusing to load: the file holds pickled objects, not only tensors"
+        ) from None
+    except (RuntimeError, EOFError) as exc:
+        raise InputError(file, f"not a readable {what} file ({str(exc)[:120]})") from None
+
+
 def _load_domain(folder: Path, name: Path, meta: dict) -> list[dict]:
     from JMIDAnomalyLib.models import domain as domains
 
@@ -237,10 +242,6 @@ def _load_domain(folder: Path, name: Path, meta: dict) -> list[dict]:
     if not file.is_file():
         raise InputError(name, f"{DOMAIN_FILE} is missing (bundle.json names a domain)")
     try:
-        return domains.load(file, int(meta["folds"]))
-    except pickle.UnpicklingError:
-        raise InputError(
-            file, "refusing to load: the file holds pickled objects, not only tensors"
-        ) from None
-    except (RuntimeError, EOFError, KeyError) as exc:
-        raise InputError(file, f"not a readable domain file ({str(exc)[:120]})") from None
+        return domains.unflatten(_read_tensors(file, "domain"), int(meta["folds"]))
+    except KeyError as exc:
+        raise InputError(file, f"not a readable domain file (no {exc})") from None

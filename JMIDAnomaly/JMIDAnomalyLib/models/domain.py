@@ -98,9 +98,9 @@ def save(path, domain: Sequence[dict[str, torch.Tensor]]) -> None:
     torch.save({f"fold_{k}.{name}": t for k, d in enumerate(domain) for name, t in d.items()}, path)
 
 
-def load(path, folds: int) -> list[dict[str, torch.Tensor]]:
-    """Read ``domain.pt`` (``weights_only``); KeyError when a fold's fit is incomplete."""
-    flat = torch.load(path, map_location="cpu", weights_only=True)
+def unflatten(flat: dict[str, torch.Tensor], folds: int) -> list[dict[str, torch.Tensor]]:
+    """The folds' fits from the tensors :func:`save` wrote (the bundle reads the file);
+    KeyError when a fold's fit is incomplete."""
     return [
         {name: flat[f"fold_{k}.{name}"] for name in ("mean", "precision", "threshold")}
         for k in range(folds)

@@ -53,7 +53,7 @@ def predict(
     device: str = "auto",
     amp: bool = True,
     num_workers: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Run a bundle's folds over a dataset, reading it once.
 
     Args:
@@ -62,15 +62,40 @@ def predict(
         device: ``auto`` (CUDA, MPS, CPU) or a torch device name; amp: float16 on CUDA.
 
     Returns:
-        (probabilities, spread): (N, K) mean over folds and (N, K) std over folds.
+        (probabilities, spread, domain ratios): (N, K) mean over folds, (N, K) std over folds,
+        and (N,) each case's training-domain ratio (:mod:`~JMIDAnomalyLib.models.domain`;
+        None for a bundle without a domain).
     """
     target = pick_device(device)
     models = [m.to(target).eval() for m in bundle.models]
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    batches = (x for x, *_ in loader)
-    stacked = ensemble_probabilities(models, batches, target, amp, bundle.mirroring)
+    per_model: list[list[np.ndarray]] = [[] for _ in models]
+
+    def batches():  # each batch also gives the domain check its features on the way
+        for x, *_ in loader:
+            x = x.to(target)
+            if bundle.domain is not None:
+                for part, f in zip(per_model, domains.features(models, [x]), strict=True):
+                    part.append(f)
+            yield x
+
+    stacked = ensemble_probabilities(models, batches(), target, amp, bundle.mirroring)
     stacked = stacked.cpu().numpy()
-    return stacked.mean(0), stacked.std(0)
+    ratios = None
+    if bundle.domain is not None:
+        ratios = domains.ratios(bundle.domain, [np.concatenate(p) for p in per_model])
+    return stacked.mean(0), stacked.std(0), ratios
+
+
+def outside_lines(result: dict) -> list[str]:
+    """The summary line of how many evaluated crops are unlike the bundle's training data
+    (``result``: an evaluation with ``cases`` and ``outside_training_data``); none without."""
+    if result.get("outside_training_data") is None:
+        return []
+    return [
+        f"  unlike the training data (its scores may not hold there): "
+        f"{result['outside_training_data']} of {result['cases']}"
+    ]
 
 
 def bootstrap_auc(
@@ -326,15 +351,11 @@ def evaluate_bundle(
         raise InputError(labels_dir, f"no usable {bundle.organ} cases")
     crop = bundle.crop_config
     dataset = CropDataset(samples, bundle.layout, crop.samples, crop.slices_per_sample)
-    raw, _ = predict(bundle, dataset, device=device)
+    raw, _, ratios = predict(bundle, dataset, device=device)
     probs = bundle.calibrate(raw)
     rows = prediction_rows(samples, probs, bundle.classes, bundle.organ, "ensemble", raw=raw)
     extra = {}
-    if bundle.domain is not None:  # how many crops lie outside the training data
-        loader = torch.utils.data.DataLoader(dataset, batch_size=8)
-        target = pick_device(device)
-        per_model = domains.features(bundle.models, (x for x, *_ in loader), target)
-        ratio = domains.ratios(bundle.domain, per_model)
-        extra["outside_training_data"] = int((ratio > domains.OUTSIDE).sum())
+    if ratios is not None:  # how many crops lie outside the training data
+        extra["outside_training_data"] = int((ratios > domains.OUTSIDE).sum())
     table = metrics_table(rows, bundle.thresholds)
     return _write(Path(out), rows, table, bundle.organ, extra=extra)

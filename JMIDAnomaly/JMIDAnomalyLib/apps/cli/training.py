@@ -39,6 +39,7 @@ def _add_evaluate(parser: argparse.ArgumentParser) -> None:
 
 def _run_evaluate(args: argparse.Namespace) -> int:
     from JMIDAnomalyLib.apps.trainer import TrainerLogic
+    from JMIDAnomalyLib.training.evaluation import outside_lines
 
     if not args.oof and not (args.labels and args.data):
         raise JMIDError("give --oof FILE, or --labels DIR and --data DIR for a held-out set")
@@ -58,11 +59,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             f"  {c['class']:26s} pos {c['positives']:4d}  {auc:28s} "
             f"sens {sens} spec {spec} F1 {c['f1']:.2f}"
         )
-    if "outside_training_data" in summary:  # a held-out set, by a bundle with a domain
-        print(
-            f"  unlike the training data (its scores may not hold there): "
-            f"{summary['outside_training_data']} of {summary['cases']}"
-        )
+    for line in outside_lines(summary):  # a held-out set, by a bundle with a domain
+        print(line)
     print(f"metrics, ROC and confusion plots, predictions.csv written to {args.out}")
     return 0
 
