@@ -69,22 +69,18 @@ def predict(
     target = pick_device(device)
     models = [m.to(target).eval() for m in bundle.models]
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
-    per_model: list[list[np.ndarray]] = [[] for _ in models]
+    ratios: list[np.ndarray] = []  # one number per case: memory stays that of the scores
 
-    def batches():  # each batch also gives the domain check its features on the way
+    def batches():  # each batch is also checked against the training domain on the way
         for x, *_ in loader:
             x = x.to(target)
             if bundle.domain is not None:
-                for part, f in zip(per_model, domains.features(models, [x]), strict=True):
-                    part.append(f)
+                ratios.append(domains.ratios(bundle.domain, domains.features(models, [x])))
             yield x
 
     stacked = ensemble_probabilities(models, batches(), target, amp, bundle.mirroring)
     stacked = stacked.cpu().numpy()
-    ratios = None
-    if bundle.domain is not None:
-        ratios = domains.ratios(bundle.domain, [np.concatenate(p) for p in per_model])
-    return stacked.mean(0), stacked.std(0), ratios
+    return stacked.mean(0), stacked.std(0), np.concatenate(ratios) if ratios else None
 
 
 def outside_lines(result: dict) -> list[str]:
