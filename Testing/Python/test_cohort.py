@@ -110,23 +110,38 @@ def _liver_planter(example_ct, example_seg, label_names, seed: int):
     return array, liver, findings, planter
 
 
-def test_a_cyst_keeps_water_density_when_the_liver_turns_fatty(
+def test_a_cyst_and_a_mass_keep_their_attenuation_when_the_liver_turns_fatty(
     example_ct, example_seg, label_names
 ):
     """On the real example CT: a cyst planted before the fatty liver stays at its 0-15 HU with
-    the CT's noise while the parenchyma around it drops; a mass drops with the liver (its
-    contrast is to the liver). Before, the drop took the cyst to -55..-20 HU, fat's density."""
+    the CT's noise while the parenchyma around it drops. A mass keeps the normal liver's
+    attenuation plus its contrast (tumour tissue holds no hepatocellular fat), planted before
+    the fat or after it; its soft edge blends into the fatty liver. Before, the drop took a
+    cyst to fat's density, and a hypodense mass with the liver to -40..35 HU, a cyst's."""
     array, liver, findings, planter = _liver_planter(example_ct, example_seg, label_names, 5)
+    normal = array.copy()
     cyst = planter.lesion("liver", None, "cyst", (25, 30), (5, 10))
     mass = planter.lesion("liver", None, "SOL", (25, 30), (-60, -60), soft=True, absolute=False)
     in_cyst, in_mass = findings == cyst.label, findings == mass.label
     before = array.copy()
     fatty = planter.fatty_liver()
+    drop = fatty.contrast_hu
     parenchyma = (liver > 0) & (findings != cyst.label) & (findings != mass.label)
-    assert np.median(array[parenchyma] - before[parenchyma]) == pytest.approx(fatty.contrast_hu)
+    assert np.median(array[parenchyma] - before[parenchyma]) == pytest.approx(drop)
     np.testing.assert_array_equal(array[in_cyst], before[in_cyst])
     assert 0 <= np.median(array[in_cyst]) <= 15 and array[in_cyst].std() > 3.0
-    np.testing.assert_allclose(array[in_mass] - before[in_mass], fatty.contrast_hu, atol=1e-3)
+    weight = (before[in_mass] - normal[in_mass]) / -60.0  # the mass's share of each voxel
+    assert weight.max() == pytest.approx(1.0) and weight.min() > 0.5
+    expected = -60.0 * weight + drop * (1.0 - weight)
+    np.testing.assert_allclose(array[in_mass] - normal[in_mass], expected, atol=1e-3)
+
+    after = array.copy()
+    late = planter.lesion("liver", None, "SOL", (25, 30), (-60, -60), soft=True, absolute=False)
+    in_late = (findings == late.label) & ~in_cyst & ~in_mass
+    core = np.isclose(array - after, -60.0 - drop, atol=1e-3) & in_late
+    assert core.sum() >= 5  # its full-contrast voxels: the normal liver's attenuation - 60
+    np.testing.assert_allclose(array[core], normal[core] - 60.0, atol=1e-3)
+    assert not (np.isclose(array - after, -60.0, atol=1e-3) & in_late).any()
 
 
 def test_a_finding_planted_in_a_fatty_liver_keeps_its_voxels_in_the_finding_mask(

@@ -88,8 +88,11 @@ class Planter:
         kji = np.indices(ct.shape, sparse=True)
         self._kji = kji
         # How much of each voxel is tissue a finding put in place of the organ's (0..1): a cyst,
-        # stone or duct keeps its attenuation when the liver around it turns fatty.
+        # stone, duct or mass keeps its attenuation when the liver around it turns fatty.
         self._replaced = np.zeros(ct.shape, np.float32)
+        # The fatty liver's drop at each voxel (HU), once planted: a mass planted after it is
+        # drawn on the liver's attenuation before the drop.
+        self._fat: np.ndarray | None = None
         # Labels of findings that cover a whole organ (fatty liver): a focal finding planted
         # after one takes its voxels in the finding mask, as it would be drawn on that organ.
         self._diffuse: list[int] = []
@@ -156,7 +159,8 @@ class Planter:
         absolute: bool = True,
     ) -> PlantedFinding | None:
         """A round lesion: ``absolute`` sets the HU (cyst, stone; with the CT's noise), else
-        adds to it (mass)."""
+        adds to the organ's own attenuation (mass: its contrast to a normal liver, which it
+        keeps when the liver turns fatty, before or after it is planted)."""
         key = organ_key(organ, side)
         size = float(self.rng.uniform(*diameter))
         radius = size / 2
@@ -176,16 +180,22 @@ class Planter:
             np.maximum(self._replaced, weight, out=self._replaced)
         else:
             contrast = target
-            self.ct[:] = self.ct + target * weight
+            shift = target if self._fat is None else target - self._fat
+            self.ct[:] = self.ct + shift * weight
+            np.maximum(self._replaced, weight, out=self._replaced)
         return self._finish(organ, side, cls, size, centre, region, contrast)
 
     def fatty_liver(self) -> PlantedFinding | None:
         """Lower the liver's attenuation (fatty liver); returns the finding. The parenchyma
-        drops, a mass in it with it (its contrast is to the liver); a cyst or calcification
-        planted before keeps its own attenuation, as water and calcium do in a fatty liver."""
+        drops; a cyst, calcification or mass planted before keeps its own attenuation, as
+        water, calcium and tumour tissue (which holds no hepatocellular fat) do in a fatty
+        liver, so a hypoattenuating mass there looks iso- or less hypoattenuating rather than
+        water-dense."""
         mask = self.masks["liver"] > 0
         drop = float(self.rng.uniform(-70, -35))
-        self.ct[mask] += drop * (1.0 - self._replaced[mask])
+        self._fat = np.zeros(self.ct.shape, np.float32)
+        self._fat[mask] = drop * (1.0 - self._replaced[mask])
+        self.ct[mask] += self._fat[mask]
         centre = np.argwhere(mask).mean(axis=0)
         return self._finish("liver", None, "fatty_liver", 0.0, centre, mask, drop, diffuse=True)
 
