@@ -177,12 +177,12 @@ class Planter:
         if absolute:
             contrast = target - float(np.median(self.ct[self.masks[key] > 0]))
             self.ct[:] = self.ct * (1 - weight) + (target + self._noise()) * weight
-            np.maximum(self._replaced, weight, out=self._replaced)
         else:
             contrast = target
             shift = target if self._fat is None else target - self._fat
             self.ct[:] = self.ct + shift * weight
-            np.maximum(self._replaced, weight, out=self._replaced)
+        # Either kind is tissue in place of the organ's: it keeps its attenuation in a fatty liver.
+        np.maximum(self._replaced, weight, out=self._replaced)
         return self._finish(organ, side, cls, size, centre, region, contrast)
 
     def fatty_liver(self) -> PlantedFinding | None:
