@@ -150,6 +150,27 @@ def test_negative_margin_keeps_the_interior_and_fill_hides_the_outline(
         replace(DEMO, mode="box", fill_hu=0.0)
 
 
+def test_median_fill_follows_the_organs_own_attenuation(example_ct, example_seg, label_names):
+    """fill_hu "median" fills with the median of the kept voxels, so a liver darkened by 50 HU
+    (a fatty liver) is framed by its own attenuation, not by a normal liver's."""
+    darker = sitk.GetArrayFromImage(example_ct).astype(np.float32)
+    darker[organ_mask(example_seg, label_names, "liver")] -= 50.0
+    fatty = sitk.GetImageFromArray(darker)
+    fatty.CopyInformation(example_ct)
+    config = replace(DEMO, margin_mm=-3.0, fill_hu="median")
+    fills = []
+    for ct in (example_ct, fatty):
+        crop = crop_organs(ct, example_seg, label_names, ("liver",), config)[0]
+        outside = crop.image[crop.mask == 0]
+        assert np.all(outside == outside[0])
+        kept = crop.image[(crop.mask == 1) & (crop.image != outside[0])]
+        assert kept.size > 1000 and abs(float(np.median(kept)) - outside[0]) < 2 / 600
+        fills.append(float(outside[0]))
+    assert abs((fills[0] - fills[1]) * 300 - 50.0) < 3.0  # in HU: the fill drops with the liver
+    with pytest.raises(InputError, match="median"):
+        replace(DEMO, fill_hu="mean")
+
+
 def test_25d_samples():
     idx = sample_indices(64, 32, 5)
     assert idx.shape == (32, 5) and idx.min() == 0 and idx.max() == 63

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "JMIDAnomaly"))
 import numpy as np  # noqa: E402
 from JMIDAnomalyLib.demo.cohort import build_cohort  # noqa: E402
 from JMIDAnomalyLib.demo.run import DEMO_TRAINING, DemoSettings  # noqa: E402
+from JMIDAnomalyLib.imaging.crops import fill_hu_arg  # noqa: E402
 from JMIDAnomalyLib.labels.labeling import label_reports  # noqa: E402
 from JMIDAnomalyLib.training.config import TrainConfig  # noqa: E402
 from JMIDAnomalyLib.training.data import load_samples  # noqa: E402
@@ -65,7 +66,10 @@ def main() -> int:
         help="crop margin (negative: the organ's interior)",
     )
     parser.add_argument(
-        "--fill-hu", type=float, default=demo_crop["fill_hu"], help="HU outside the kept region"
+        "--fill-hu",
+        type=fill_hu_arg,
+        default=demo_crop["fill_hu"],
+        help="HU outside the kept region, or 'median' (the organ's own)",
     )
     parser.add_argument(
         "--hu-window",

@@ -45,6 +45,8 @@ MIN_VOLUME_ML = {
 
 STATUS_OK, STATUS_PARTIAL = "ok", "partial"
 STATUS_ABSENT, STATUS_TOO_SMALL = "absent", "too_small"
+#: ``CropConfig.fill_hu`` that fills with the median of the organ's kept voxels.
+FILL_MEDIAN = "median"
 
 
 @dataclass(frozen=True)
@@ -57,7 +59,9 @@ class CropConfig:
         margin_mm: dilation / box margin in mm. In ``mask`` mode a negative margin erodes: the
             crop keeps the organ's interior only, without its border and its neighbours.
         fill_hu: in ``mask`` mode, what the voxels outside the mask become (HU); None: air
-            (the window's low end, as published). A tissue value hides the organ's outline.
+            (the window's low end, as published). A tissue value hides the organ's outline;
+            ``"median"``, the kept voxels' median, hides it whatever the organ's attenuation
+            (a fatty liver framed by a normal liver's value shows its outline as air would).
         hu_window: (low, high) HU mapped to -1..1.
         grid_zyx: target array shape (z, y, x); the crop's physical extent is kept.
         samples: 2.5D samples per crop.
@@ -66,7 +70,7 @@ class CropConfig:
 
     mode: str = "mask"
     margin_mm: float = 3.0
-    fill_hu: float | None = None
+    fill_hu: float | str | None = None
     hu_window: tuple[float, float] = (-200.0, 400.0)
     grid_zyx: tuple[int, int, int] = (64, 256, 256)
     samples: int = 32
@@ -81,6 +85,8 @@ class CropConfig:
             raise InputError("crop grid", f"bad grid {self.grid_zyx} or margin {self.margin_mm}")
         if self.fill_hu is not None and self.mode != "mask":
             raise InputError("fill_hu", "only a mask-mode crop has voxels outside the mask")
+        if isinstance(self.fill_hu, str) and self.fill_hu != FILL_MEDIAN:
+            raise InputError("fill_hu", f"must be HU or '{FILL_MEDIAN}', not '{self.fill_hu}'")
         if self.slices_per_sample > self.grid_zyx[0] or self.samples < 1:
             raise InputError("2.5D layout", "more slices per sample than the grid has slices")
 
@@ -318,11 +324,26 @@ def _fill_crop(crop, ct, sub_mask, mask_lower, lo, hi, config: CropConfig) -> No
             kept = _resample_mask(_grow(mask_box, config.margin_mm, source), source, target)
         else:
             kept = _grow(mask, config.margin_mm, target)
-        fill = -1.0 if config.fill_hu is None else (config.fill_hu - low) / (high - low) * 2 - 1
-        windowed[kept == 0] = float(np.clip(fill, -1.0, 1.0))
+        windowed[kept == 0] = _fill_value(config, windowed, kept, mask)
     crop.image = windowed
     crop.mask = mask
     crop.record = record.with_crop_grid(target)
+
+
+def fill_hu_arg(text: str) -> float | str:
+    """A command line's fill value: HU, or ``median`` (the organ's own median)."""
+    return FILL_MEDIAN if text == FILL_MEDIAN else float(text)
+
+
+def _fill_value(config: CropConfig, windowed, kept, mask) -> float:
+    """The windowed value outside the kept region: air, a fixed HU, or the kept voxels' median
+    (the organ's whole mask where erosion kept nothing; the median commutes with the window)."""
+    if config.fill_hu == FILL_MEDIAN:
+        inside = windowed[kept != 0] if kept.any() else windowed[mask != 0]
+        return float(np.median(inside)) if inside.size else -1.0
+    low, high = config.hu_window
+    fill = -1.0 if config.fill_hu is None else (config.fill_hu - low) / (high - low) * 2 - 1
+    return float(np.clip(fill, -1.0, 1.0))
 
 
 def _resample_mask(mask: np.ndarray, source: Grid, target: Grid) -> np.ndarray:

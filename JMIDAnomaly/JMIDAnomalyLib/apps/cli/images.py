@@ -143,7 +143,11 @@ def _add_crop(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="mask dilation / box margin (default 3 mm; negative: mask erosion)",
     )
-    parser.add_argument("--fill-hu", type=float, help="HU outside the mask (default: air)")
+    parser.add_argument(
+        "--fill-hu",
+        type=_fill_hu,
+        help="HU outside the mask, or 'median': the organ's own (default: air)",
+    )
     parser.add_argument("--out", type=Path, help="output folder (with --ct)")
     parser.add_argument(
         "--cache", type=Path, help="with --manifest: the crop cache folder to fill (jmid train's)"
@@ -158,6 +162,12 @@ def _add_crop(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="with --manifest: rehash every case, rebuilding entries whose files changed",
     )
+
+
+def _fill_hu(text: str) -> float | str:
+    from JMIDAnomalyLib.imaging.crops import fill_hu_arg  # imported when the option is given
+
+    return fill_hu_arg(text)
 
 
 def _run_crop(args: argparse.Namespace) -> int:
