@@ -169,6 +169,14 @@ def test_median_fill_follows_the_organs_own_attenuation(example_ct, example_seg,
     assert abs((fills[0] - fills[1]) * 300 - 50.0) < 3.0  # in HU: the fill drops with the liver
     with pytest.raises(InputError, match="median"):
         replace(DEMO, fill_hu="mean")
+    # The command line's value (jmid crop --fill-hu, bench_training --fill-hu): HU or median.
+    from argparse import ArgumentTypeError
+
+    from JMIDAnomalyLib.imaging.crops import fill_hu_arg
+
+    assert fill_hu_arg("median") == "median" and fill_hu_arg("-20") == -20.0
+    with pytest.raises(ArgumentTypeError, match="must be HU or 'median', not 'mean'"):
+        fill_hu_arg("mean")
 
 
 def test_25d_samples():

@@ -331,8 +331,16 @@ def _fill_crop(crop, ct, sub_mask, mask_lower, lo, hi, config: CropConfig) -> No
 
 
 def fill_hu_arg(text: str) -> float | str:
-    """A command line's fill value: HU, or ``median`` (the organ's own median)."""
-    return FILL_MEDIAN if text == FILL_MEDIAN else float(text)
+    """A command line's fill value: HU, or ``median`` (the organ's own median); anything else
+    is refused with the values it may take (argparse prints the message as it is)."""
+    if text == FILL_MEDIAN:
+        return FILL_MEDIAN
+    try:
+        return float(text)
+    except ValueError:
+        from argparse import ArgumentTypeError
+
+        raise ArgumentTypeError(f"must be HU or '{FILL_MEDIAN}', not '{text}'") from None
 
 
 def _fill_value(config: CropConfig, windowed, kept, mask) -> float:
