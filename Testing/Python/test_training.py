@@ -464,6 +464,43 @@ def test_evaluate_oof_and_held_out(data, tmp_path):
             == "case_id,patient_id,organ,side,class,probability,label,fold,evidence,probability_raw"
         )
     assert main(["evaluate", "--bundle", str(bundle), "--out", str(tmp_path / "x")]) == 2
+    check_calibrate(main, data, bundle, tmp_path)
+
+
+def check_calibrate(main, data: Path, bundle: Path, tmp_path: Path) -> None:
+    """jmid calibrate: a new bundle with the same models whose maps and thresholds are fitted
+    on the cases given (those with enough positives and negatives), monotone in the raw
+    scores; the bundle given is left as it was, and bad requests write nothing."""
+    from JMIDAnomalyLib.models import calibration as calibration_maps
+    from JMIDAnomalyLib.training.evaluation import score_labelled
+
+    given = (bundle / "bundle.json").read_bytes()
+    site = tmp_path / "site_bundle"
+    cases = ["--labels", str(data / "labels"), "--data", str(data / "cohort")]
+    args = ["calibrate", "--bundle", str(bundle), *cases, "--crops", str(data / "crop_cache")]
+    assert main([*args, "--out", str(site), "--min-cases", "3"]) == 0
+    assert (bundle / "bundle.json").read_bytes() == given
+    old, new = load_bundle(bundle), load_bundle(site.with_suffix(".zip"))
+    refitted = new.meta["recalibrated"]["classes"]
+    assert new.meta["recalibrated"]["cases"] == 12 and "nofinding" in refitted
+    for a, b in zip(old.models, new.models, strict=True):
+        assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+    assert new.domain is not None and len(new.domain) == len(old.domain)
+    samples, raw, _ = score_labelled(new, data / "labels", data / "cohort", data / "crop_cache")
+    labels = np.stack([np.nan_to_num(s.labels) for s in samples])
+    known = np.stack([~np.isnan(s.labels) for s in samples]).astype(float)
+    fitted = calibration_maps.fit(labels, raw, known, new.classes)
+    grid = np.linspace(0, 1, 201)[:, None].repeat(len(new.classes), 1)
+    for k, cls in enumerate(new.classes):
+        if cls in refitted:
+            assert new.calibration[cls] == fitted[cls]
+        else:
+            assert new.calibration.get(cls) == old.calibration.get(cls)
+            assert new.thresholds[cls] == old.thresholds[cls]
+        assert np.all(np.diff(new.calibrate(grid)[:, k]) >= 0), cls  # monotone in the raw score
+    assert main([*args, "--out", str(site), "--min-cases", "3"]) == 2  # never replaced
+    assert main([*args, "--out", str(tmp_path / "none"), "--min-cases", "13"]) == 2
+    assert not (tmp_path / "none").exists() and not (tmp_path / "none.zip").exists()
 
 
 def test_test_time_mirroring_is_fitted_on_and_applied_to_every_score(data, tmp_path):

@@ -86,6 +86,23 @@ class TrainerLogic:
             return evaluate_bundle(bundle, labels, data, crop_cache, out, device)
         raise JMIDError("give the out-of-fold predictions, or labels and data of a held-out set")
 
+    def recalibrate(
+        self,
+        bundle: str | os.PathLike,
+        out: str | os.PathLike,
+        labels: str | os.PathLike,
+        data: str | os.PathLike,
+        crops: str | os.PathLike | None = None,
+        device: str = "auto",
+        min_cases: int | None = None,
+    ) -> dict:
+        """``jmid calibrate``: the bundle's calibration and thresholds fitted again on a site's
+        labelled cases, into a new bundle ``out``."""
+        from JMIDAnomalyLib.training.recalibration import MIN_CASES, recalibrate
+
+        crop_cache = crops or Path(out).parent / f"{Path(out).name}_crop_cache"
+        return recalibrate(bundle, labels, data, crop_cache, out, device, min_cases or MIN_CASES)
+
     @staticmethod
     def _config(config):
         from JMIDAnomalyLib.training.config import TrainConfig

@@ -320,6 +320,34 @@ def evaluate_oof(
     return _write(Path(out), rows, table, bundle.organ, cross_fit=True)
 
 
+def score_labelled(
+    bundle: Bundle,
+    labels_dir: str | os.PathLike,
+    data_root: str | os.PathLike,
+    crop_cache: str | os.PathLike,
+    device: str = "auto",
+    cases: Sequence[str] | None = None,
+) -> tuple[list[CaseSample], np.ndarray, np.ndarray | None]:
+    """A bundle's raw scores on labelled cases (``data_root`` in the cohort layout: images/,
+    segs/, labels.json; ``cases``: only these), cropped as it was trained: (samples, (N, K) raw
+    ensemble probabilities, per case its crops' distance from the training data or None)."""
+    # The training's data and its exclusions (often this very test set) do not apply here.
+    skip = {*DATA_PATHS, "exclude_cases"}
+    settings = {k: v for k, v in bundle.meta.get("config", {}).items() if k not in skip}
+    settings["organ"] = bundle.organ
+    config = TrainConfig.for_cohort(data_root, labels_dir, crop_cache, crop_cache, **settings)
+    samples, _ = load_samples(config)
+    if cases is not None:
+        wanted = set(cases)
+        samples = [s for s in samples if s.case_id in wanted]
+    if not samples:
+        raise InputError(labels_dir, f"no usable {bundle.organ} cases")
+    crop = bundle.crop_config
+    dataset = CropDataset(samples, bundle.layout, crop.samples, crop.slices_per_sample)
+    raw, _, ratios = predict(bundle, dataset, device=device)
+    return samples, raw, ratios
+
+
 def evaluate_bundle(
     bundle_path: str | os.PathLike,
     labels_dir: str | os.PathLike,
@@ -334,20 +362,7 @@ def evaluate_bundle(
 
     ``device``: ``auto`` (CUDA, MPS, CPU) or a torch device name; float16 autocast on CUDA."""
     bundle = load_bundle(bundle_path)
-    # The training's data and its exclusions (often this very test set) do not apply here.
-    skip = {*DATA_PATHS, "exclude_cases"}
-    settings = {k: v for k, v in bundle.meta.get("config", {}).items() if k not in skip}
-    settings["organ"] = bundle.organ
-    config = TrainConfig.for_cohort(data_root, labels_dir, out, crop_cache, **settings)
-    samples, _ = load_samples(config)
-    if cases is not None:
-        wanted = set(cases)
-        samples = [s for s in samples if s.case_id in wanted]
-    if not samples:
-        raise InputError(labels_dir, f"no usable {bundle.organ} cases")
-    crop = bundle.crop_config
-    dataset = CropDataset(samples, bundle.layout, crop.samples, crop.slices_per_sample)
-    raw, _, ratios = predict(bundle, dataset, device=device)
+    samples, raw, ratios = score_labelled(bundle, labels_dir, data_root, crop_cache, device, cases)
     probs = bundle.calibrate(raw)
     rows = prediction_rows(samples, probs, bundle.classes, bundle.organ, "ensemble", raw=raw)
     extra = {}

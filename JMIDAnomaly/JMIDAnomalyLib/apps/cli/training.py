@@ -1,4 +1,4 @@
-"""``jmid train`` and ``jmid evaluate``: the model commands."""
+"""``jmid train``, ``jmid evaluate`` and ``jmid calibrate``: the model commands."""
 
 from __future__ import annotations
 
@@ -65,7 +65,47 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_calibrate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bundle", required=True, type=Path, help="model bundle folder or zip")
+    parser.add_argument(
+        "--out", required=True, type=Path, help="the new bundle's folder (the given one is kept)"
+    )
+    parser.add_argument(
+        "--labels", required=True, type=Path, help="labels folder (jmid labels) of your cases"
+    )
+    parser.add_argument(
+        "--data", required=True, type=Path, help="their data root: images/, segs/, labels.json"
+    )
+    parser.add_argument("--crops", type=Path, help="crop cache folder (default <out>_crop_cache)")
+    parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    parser.add_argument(
+        "--min-cases",
+        type=int,
+        help="positives and negatives a class needs to be fitted again (default 10)",
+    )
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from JMIDAnomalyLib.apps.trainer import TrainerLogic
+
+    summary = TrainerLogic().recalibrate(
+        args.bundle, args.out, args.labels, args.data, args.crops, args.device, args.min_cases
+    )
+    print(f"{summary['organ']}: calibration and thresholds fitted on {summary['cases']} cases")
+    for cls, (before, after) in summary["thresholds"].items():
+        print(f"  {cls:26s} threshold {before:.3f} -> {after:.3f}")
+    if summary["kept"]:
+        print(f"  kept as they were (too few positives or negatives): {', '.join(summary['kept'])}")
+    print(f"model bundle written to {args.out} (and {args.out.with_suffix('.zip').name})")
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "train": ("train an organ's k-fold ensemble into a model bundle", _add_train, _run_train),
     "evaluate": ("metrics, ROC and confusion plots of a bundle", _add_evaluate, _run_evaluate),
+    "calibrate": (
+        "fit a bundle's calibration and thresholds again on your own labelled cases",
+        _add_calibrate,
+        _run_calibrate,
+    ),
 }
