@@ -499,6 +499,12 @@ def check_calibrate(main, data: Path, bundle: Path, tmp_path: Path) -> None:
             assert new.thresholds[cls] == old.thresholds[cls]
         assert np.all(np.diff(new.calibrate(grid)[:, k]) >= 0), cls  # monotone in the raw score
     assert main([*args, "--out", str(site), "--min-cases", "3"]) == 2  # never replaced
+    from JMIDAnomalyLib.training.recalibration import recalibrate
+
+    normal = labels[:, new.classes.index("nofinding")]
+    some = [s.case_id for y in (0, 1) for s in np.asarray(samples)[normal == y][:3]]
+    part = recalibrate(bundle, *cases[1::2], data / "crop_cache", tmp_path / "part", "cpu", 2, some)
+    assert part["cases"] == load_bundle(tmp_path / "part").meta["recalibrated"]["cases"] == 6
     assert main([*args, "--out", str(tmp_path / "none"), "--min-cases", "13"]) == 2
     assert not (tmp_path / "none").exists() and not (tmp_path / "none.zip").exists()
 

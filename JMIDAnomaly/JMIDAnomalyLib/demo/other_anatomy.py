@@ -54,6 +54,23 @@ def series_source(
     return tuple(str(f) for f in files)
 
 
+def other_patient_cohort(
+    folder: Path,
+    cases: int,
+    seed: int,
+    in_plane_mm: float | None = TRAINING_PIXEL_MM,
+    progress: Progress | None = None,
+) -> list[dict]:
+    """``cases`` cases from the other patient in ``folder``/cohort (reused when it holds them)
+    and their reports' labels in ``folder``/labels; returns the cohort's truth."""
+    cohort = folder / "cohort"
+    if built_cohort(cohort, cases, seed) is None:
+        source = series_source(fetch_reference_data(), folder / "source", in_plane_mm)
+        build_cohort(cohort, cases, seed, progress=progress, source=source, source_enhanced=True)
+    label_reports(cohort / "reports.csv", folder / "labels")
+    return json.loads((cohort / "truth.json").read_text())
+
+
 def evaluate_other_patient(
     folder: Path,
     organs: tuple[str, ...],
@@ -66,16 +83,46 @@ def evaluate_other_patient(
     """Build ``cases`` cases from the other patient into ``folder`` (reused when it holds
     them) and score each organ's bundle on them: organ -> :func:`evaluate_test_set`'s summary
     (organs the series does not show are left out)."""
-    cohort = folder / "cohort"
-    if built_cohort(cohort, cases, seed) is None:
-        source = series_source(fetch_reference_data(), folder / "source", in_plane_mm)
-        build_cohort(cohort, cases, seed, progress=progress, source=source, source_enhanced=True)
-    label_reports(cohort / "reports.csv", folder / "labels")
-    truth = json.loads((cohort / "truth.json").read_text())
-    shown = set(json.loads((cohort / "labels.json").read_text()).values())
+    truth = other_patient_cohort(folder, cases, seed, in_plane_mm, progress)
+    shown = set(json.loads((folder / "cohort" / "labels.json").read_text()).values())
     results = {}
     for organ, bundle in zip(organs, bundles, strict=True):
         if any(name.split("_")[0] == organ for name in shown):
             ids = [t["case_id"] for t in truth]
             results[organ] = evaluate_test_set(folder, organ, bundle, ids, truth)
     return results
+
+
+def recalibrated_on_other_patient(
+    folder: Path,
+    bundle: Path,
+    cases: int,
+    seed: int,
+    fit: int,
+    in_plane_mm: float | None = TRAINING_PIXEL_MM,
+) -> dict:
+    """A site's recalibration (``jmid calibrate``), with the other patient as the site: its
+    ``cases`` cases built into ``folder`` (:func:`other_patient_cohort`), ``bundle`` fitted
+    again on the first ``fit`` of them with their reports' labels, and the bundle before and
+    after scored on the rest against their planted findings: {"before": ..., "after": ...},
+    each :func:`evaluate_test_set`'s summary."""
+    from JMIDAnomalyLib.training.recalibration import recalibrate
+
+    truth = other_patient_cohort(folder, cases, seed, in_plane_mm)
+    ids = [t["case_id"] for t in truth]
+    site = folder / "site_bundle"
+    if not (site / "bundle.json").exists():
+        recalibrate(
+            bundle,
+            folder / "labels",
+            folder / "cohort",
+            folder / "crop_cache",
+            site,
+            cases=ids[:fit],
+        )
+    rest = ids[fit:]
+    return {
+        "fit_cases": fit,
+        "before": evaluate_test_set(folder, "liver", bundle, rest, truth),
+        "after": evaluate_test_set(folder, "liver", site, rest, truth),
+    }

@@ -18,6 +18,7 @@ The bundle given is never changed, and the new one records how many cases it was
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -67,11 +68,13 @@ def recalibrate(
     out: str | os.PathLike,
     device: str = "auto",
     min_cases: int = MIN_CASES,
+    cases: Sequence[str] | None = None,
 ) -> dict:
     """Write ``out``: the bundle with its calibration and thresholds fitted on the labelled
-    cases in ``data_root`` (the cohort layout: images/, segs/, labels.json) for each class with
-    ``min_cases`` positives and negatives among them. Returns a summary: cases, the classes
-    refitted and kept, and per refitted class the threshold before and after.
+    cases in ``data_root`` (the cohort layout: images/, segs/, labels.json; ``cases``: only
+    these) for each class with ``min_cases`` positives and negatives among them. Returns a
+    summary: cases, the classes refitted and kept, and per refitted class the threshold before
+    and after.
 
     Raises:
         InputError: ``out`` exists already, or no class has ``min_cases`` positives and
@@ -83,7 +86,7 @@ def recalibrate(
     if out.exists() or out.with_suffix(".zip").exists():
         raise InputError(out, "exists already: give a new name for the recalibrated bundle")
     bundle = load_bundle(bundle_path)
-    samples, raw, _ = score_labelled(bundle, labels_dir, data_root, crop_cache, device)
+    samples, raw, _ = score_labelled(bundle, labels_dir, data_root, crop_cache, device, cases)
     labels = np.stack([np.nan_to_num(s.labels) for s in samples])
     known = np.stack([~np.isnan(s.labels) for s in samples]).astype(float)
     calibration, thresholds, refitted = _refit(bundle, labels, raw, known, min_cases)
