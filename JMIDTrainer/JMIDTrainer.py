@@ -65,7 +65,8 @@ def _trainerLogicBase():
 
 class JMIDTrainerLogic(ScriptedLoadableModuleLogic, _trainerLogicBase()):
     """The core's ``JMIDAnomalyLib.apps.trainer.TrainerLogic`` — ``import_labels``,
-    ``build_crop_cache``, ``train``, ``evaluate`` — and ``run`` (any jmid command line): the same
+    ``build_crop_cache``, ``train``, ``evaluate``, ``recalibrate`` — and ``run`` (any jmid
+    command line): the same
     functions and configuration objects as the ``jmid`` command. Raises; never shows dialogs."""
 
     def __init__(self) -> None:
@@ -123,7 +124,8 @@ class JMIDTrainerTest(ScriptedLoadableModuleTest):
 
     def test_TrainAndEvaluate(self):
         """The researchers' flow on a small demo cohort: labels, crop cache, 2-fold training,
-        out-of-fold evaluation — through the Logic, as a headless script would."""
+        out-of-fold evaluation, calibration fitted again on labelled cases — through the Logic,
+        as a headless script would."""
         import tempfile
         from pathlib import Path
 
@@ -147,6 +149,12 @@ class JMIDTrainerTest(ScriptedLoadableModuleTest):
             bundle, work / "evaluation", oof=work / "training" / "oof_predictions.csv"
         )
         self.assertEqual(metrics["organ"], "liver")
+        self.delayDisplay("Calibration fitted again on the cohort's cases")
+        site = logic.recalibrate(
+            bundle, work / "site_bundle", work / "labels", work / "cohort", min_cases=2
+        )
+        self.assertEqual(site["cases"], summary["samples"])
+        self.assertTrue((work / "site_bundle" / "bundle.json").is_file())
         self.delayDisplay("Test passed")
 
 
