@@ -4,7 +4,7 @@
 A bundle's calibration maps and thresholds are fitted on its training cases' out-of-fold scores,
 so they hold where new cases resemble those. On other scanners and patients the raw scores may
 run higher or lower while still ranking the cases well: the demo's bundle ranks another
-patient's cases at AUC 0.80-0.97 per class and flags all 50 of its normal livers (README, The
+patient's cases at AUC 0.80-1.00 per class and flags all 50 of its normal livers (README, The
 demo cohort). :func:`recalibrate` scores a site's own cases, labelled from their reports
 (``jmid labels``), with the bundle's models, fits each class's map and threshold on them as
 training does (:func:`~JMIDAnomalyLib.models.calibration.fit`,
