@@ -66,8 +66,8 @@ def _trainerLogicBase():
 class JMIDTrainerLogic(ScriptedLoadableModuleLogic, _trainerLogicBase()):
     """The core's ``JMIDAnomalyLib.apps.trainer.TrainerLogic`` — ``import_labels``,
     ``build_crop_cache``, ``train``, ``evaluate``, ``recalibrate`` — and ``run`` (any jmid
-    command line): the same
-    functions and configuration objects as the ``jmid`` command. Raises; never shows dialogs."""
+    command line): the same functions and configuration objects as the ``jmid`` command.
+    Raises; never shows dialogs."""
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)

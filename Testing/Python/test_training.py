@@ -506,6 +506,7 @@ def check_calibrate(main, data: Path, bundle: Path, tmp_path: Path) -> None:
     part = recalibrate(bundle, *cases[1::2], data / "crop_cache", tmp_path / "part", "cpu", 2, some)
     assert part["cases"] == load_bundle(tmp_path / "part").meta["recalibrated"]["cases"] == 6
     assert main([*args, "--out", str(tmp_path / "none"), "--min-cases", "13"]) == 2
+    assert main([*args, "--out", str(tmp_path / "none"), "--min-cases", "0"]) == 2  # not 10
     assert not (tmp_path / "none").exists() and not (tmp_path / "none.zip").exists()
 
 

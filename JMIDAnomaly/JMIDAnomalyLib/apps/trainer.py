@@ -101,7 +101,8 @@ class TrainerLogic:
         from JMIDAnomalyLib.training.recalibration import MIN_CASES, recalibrate
 
         crop_cache = crops or Path(out).parent / f"{Path(out).name}_crop_cache"
-        return recalibrate(bundle, labels, data, crop_cache, out, device, min_cases or MIN_CASES)
+        minimum = MIN_CASES if min_cases is None else min_cases  # 0 is refused, not defaulted
+        return recalibrate(bundle, labels, data, crop_cache, out, device, minimum)
 
     @staticmethod
     def _config(config):

@@ -11,6 +11,7 @@ bundle is scored on them against their planted findings, as on the held-out test
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -110,16 +111,12 @@ def recalibrated_on_other_patient(
 
     truth = other_patient_cohort(folder, cases, seed, in_plane_mm)
     ids = [t["case_id"] for t in truth]
-    site = folder / "site_bundle"
-    if not (site / "bundle.json").exists():
-        recalibrate(
-            bundle,
-            folder / "labels",
-            folder / "cohort",
-            folder / "crop_cache",
-            site,
-            cases=ids[:fit],
-        )
+    site = folder / "site_bundle"  # ours: fitted again each run (another bundle, another fit)
+    shutil.rmtree(site, ignore_errors=True)
+    site.with_suffix(".zip").unlink(missing_ok=True)
+    recalibrate(
+        bundle, folder / "labels", folder / "cohort", folder / "crop_cache", site, cases=ids[:fit]
+    )
     rest = ids[fit:]
     return {
         "fit_cases": fit,

@@ -335,6 +335,7 @@ def score_labelled(
     skip = {*DATA_PATHS, "exclude_cases"}
     settings = {k: v for k, v in bundle.meta.get("config", {}).items() if k not in skip}
     settings["organ"] = bundle.organ
+    # Reading writes nothing into the configuration's output folder: the crop cache stands in.
     config = TrainConfig.for_cohort(data_root, labels_dir, crop_cache, crop_cache, **settings)
     samples, _ = load_samples(config)
     if cases is not None:

@@ -38,8 +38,11 @@ _WRITTEN_BY_SAVE = ("format", "folds", "versions", "domain")
 def _refit(bundle, labels, raw, known, min_cases: int) -> tuple[dict, dict, list[str]]:
     """The bundle's maps and thresholds with those of each class that has ``min_cases``
     positives and negatives fitted on (N, K) labels, raw scores and known-masks; and those
-    classes."""
+    classes. The others are left out of the fit (no map, no threshold, no warning for them)."""
     classes = bundle.classes
+    counts = [labels[known[:, k] > 0, k] for k in range(len(classes))]
+    eligible = np.array([min(y.sum(), len(y) - y.sum()) >= min_cases for y in counts])
+    known = known * eligible[None, :]
     fitted = calibration_maps.fit(labels, raw, known, classes)
     config = bundle.meta.get("config", {})
     chosen = choose_thresholds(
@@ -51,12 +54,9 @@ def _refit(bundle, labels, raw, known, min_cases: int) -> tuple[dict, dict, list
         config.get("min_specificity", 0.0),
         config.get("specificity_confidence", 0.0),
     )
-    calibration, thresholds, refitted = dict(bundle.calibration), dict(bundle.thresholds), []
-    for k, cls in enumerate(classes):
-        y = labels[known[:, k] > 0, k]
-        if min(y.sum(), len(y) - y.sum()) >= min_cases:
-            calibration[cls], thresholds[cls] = fitted[cls], chosen[cls]
-            refitted.append(cls)
+    refitted = [cls for cls, ok in zip(classes, eligible, strict=True) if ok]
+    calibration = {**bundle.calibration, **{cls: fitted[cls] for cls in refitted}}
+    thresholds = {**bundle.thresholds, **{cls: chosen[cls] for cls in refitted}}
     return calibration, thresholds, refitted
 
 
