@@ -104,9 +104,25 @@ def test_cut_off_nifti_is_refused(reference_data, tmp_path, capsys):
     plain = tmp_path / "plain.nii"
     full = sitk.ReadImage(str(reference_data.ct))
     sitk.WriteImage(full, str(plain), False)
-    plain.write_bytes(plain.read_bytes()[:-5000])
+    whole = plain.read_bytes()
+    plain.write_bytes(whole[:-100])  # less than the header's 352 bytes short
     with pytest.raises(InputError, match="truncated"):
         read_ct(plain)
+    plain.write_bytes(whole)
+    read_ct(plain)
+
+
+def test_a_whole_nifti_is_checked_from_its_gzip_trailer(reference_data, monkeypatch):
+    """A complete .nii.gz is accepted on its trailer's length, without decompressing it: the
+    expected length counts the header and extensions before the voxel data."""
+    from JMIDAnomalyLib.imaging import integrity
+
+    def no_stream_read(path):
+        raise AssertionError(f"{path} was decompressed to check its length")
+
+    monkeypatch.setattr(integrity, "_gzip_stream_size", no_stream_read)
+    integrity.check_nifti_complete(reference_data.ct)
+    integrity.check_nifti_complete(reference_data.ct_seg)
 
 
 def test_dicom_series_with_a_bad_slice_is_refused(dicom_dir, tmp_path, capsys):

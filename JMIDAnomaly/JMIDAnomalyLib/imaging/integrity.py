@@ -44,13 +44,13 @@ def check_nifti_complete(path: str | os.PathLike) -> None:
 
     path = Path(path)
     try:
-        header = nib.load(str(path)).header
+        image = nib.load(str(path))
     except Exception:  # noqa: BLE001 - no NIfTI header at all: the image reader says why
         return
-    shape = header.get_data_shape()
-    expected = (
-        int(header.get_data_offset()) + int(np.prod(shape)) * header.get_data_dtype().itemsize
-    )
+    # The data's offset in the file: a loaded image's header says 0 (nibabel resets it).
+    offset = int(getattr(image.dataobj, "offset", 0))
+    header = image.header
+    expected = offset + int(np.prod(header.get_data_shape())) * header.get_data_dtype().itemsize
     if not path.name.lower().endswith(".gz"):
         size = path.stat().st_size
         if size < expected:
@@ -60,7 +60,7 @@ def check_nifti_complete(path: str | os.PathLike) -> None:
         f.seek(-4, os.SEEK_END)
         (isize,) = struct.unpack("<I", f.read(4))
     if isize == expected % 2**32:
-        return
+        return  # the usual case, read from the trailer alone
     total = _gzip_stream_size(path)  # the trailer looks wrong: read the stream to be sure
     if total < expected:
         raise InputError(
