@@ -343,6 +343,22 @@ def test_specificity_confidence_keeps_the_minimum_on_new_cases(caplog):
     assert "too few negatives (12)" in caplog.text
 
 
+def test_bootstrapped_aucs_are_scikit_learns_on_each_resample():
+    """All resamples scored at once give roc_auc_score's AUC on each, ties included (scores
+    rounded to a few levels), and the CI lies around the AUC."""
+    from JMIDAnomalyLib.training.evaluation import bootstrap_auc, resampled_aucs
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    y = (rng.random(300) < 0.2).astype(int)
+    for p in (np.round(rng.random(300) + 0.5 * y, 1), rng.random(300) + 0.3 * y):
+        draws = rng.integers(0, len(y), (50, len(y)))
+        expected = [roc_auc_score(y[d], p[d]) for d in draws]
+        np.testing.assert_allclose(resampled_aucs(y, p, draws), expected, rtol=0, atol=1e-12)
+        auc, low, high = bootstrap_auc(y, p, n=200)
+        assert auc == roc_auc_score(y, p) and low < auc < high
+
+
 def test_ece_floor_of_a_calibrated_model_shrinks_with_the_test_set():
     """A perfectly calibrated model's binned ECE on a small test set is far above zero; the
     floor the held-out table prints beside the ECE is that value, and it shrinks as 1/sqrt(n)."""
