@@ -129,7 +129,7 @@ def resample(
     field (linear interpolation in float64, the border's value up to half a voxel beyond it;
     nearest neighbour rounding halves up; compared voxel for voxel in test_cohort.py): the demo
     cohort is the same to the last bit, and this is 2x faster on one core (pool workers of one
-    thread: 300 cases in 44 s instead of 69 on 2 cores). Resampled :data:`SLAB_SLICES` slices at
+    thread: 300 cases in 40-44 s instead of 69 on 2 cores). Resampled :data:`SLAB_SLICES` slices at
     a time, so its memory beyond the images is that of a slab: one case from a 523x433x280
     source took 13.2 s and 1.6 GB above the images, against SimpleITK's 17.6 s and 2.9 GB."""
     index = _SourceIndex(transform, reference, ct)
