@@ -43,6 +43,12 @@ class CaseSample:
     crop: CropRef
 
 
+def label_arrays(samples: list[CaseSample]) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K) labels with unknowns as 0, and (N, K) known-masks (1.0 where a label is known)."""
+    labels = np.stack([s.labels for s in samples])
+    return np.nan_to_num(labels), (~np.isnan(labels)).astype(float)
+
+
 def read_organ_labels(labels_dir: str | Path, organ: str) -> list[dict]:
     """The rows of ``<labels_dir>/<organ>.csv`` (``jmid labels`` output), checked for the class
     columns."""

@@ -31,6 +31,7 @@ from JMIDAnomalyLib.training.config import THRESHOLD_RULES, TrainConfig
 from JMIDAnomalyLib.training.data import (
     CaseSample,
     CropDataset,
+    label_arrays,
     load_samples,
     loader_workers,
     read_organ_labels,
@@ -278,8 +279,7 @@ def _write_bundle(
     """Calibration and thresholds from the out-of-fold predictions, the predictions (calibrated
     and raw), then the bundle (metadata and fold weights)."""
     classes = ORGAN_CLASSES[config.organ]
-    labels = np.stack([np.nan_to_num(s.labels) for s in samples])
-    known = np.stack([~np.isnan(s.labels) for s in samples]).astype(float)
+    labels, known = label_arrays(samples)
     calibration = calibration_maps.fit(labels, oof, known, classes)
     calibrated = calibration_maps.calibrate(calibration, oof, classes)
     rows = prediction_rows(samples, calibrated, classes, config.organ, fold_of, raw=oof)

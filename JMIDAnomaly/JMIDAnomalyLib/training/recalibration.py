@@ -26,6 +26,7 @@ import numpy as np
 from JMIDAnomalyLib.common.errors import InputError
 from JMIDAnomalyLib.models import calibration as calibration_maps
 from JMIDAnomalyLib.models.bundle import load_bundle, save_bundle
+from JMIDAnomalyLib.training.data import label_arrays
 from JMIDAnomalyLib.training.evaluation import score_labelled
 from JMIDAnomalyLib.training.job import choose_thresholds
 
@@ -87,8 +88,7 @@ def recalibrate(
         raise InputError(out, "exists already: give a new name for the recalibrated bundle")
     bundle = load_bundle(bundle_path)
     samples, raw, _ = score_labelled(bundle, labels_dir, data_root, crop_cache, device, cases)
-    labels = np.stack([np.nan_to_num(s.labels) for s in samples])
-    known = np.stack([~np.isnan(s.labels) for s in samples]).astype(float)
+    labels, known = label_arrays(samples)
     calibration, thresholds, refitted = _refit(bundle, labels, raw, known, min_cases)
     if not refitted:
         raise InputError(

@@ -33,7 +33,13 @@ from JMIDAnomalyLib.common.progress import Progress
 from JMIDAnomalyLib.models.ensemble import ensemble_probabilities
 from JMIDAnomalyLib.models.registry import LAYOUT_25D, create_model, model_input
 from JMIDAnomalyLib.training.config import TrainConfig
-from JMIDAnomalyLib.training.data import CaseSample, CropDataset, EpochSampler, loader_workers
+from JMIDAnomalyLib.training.data import (
+    CaseSample,
+    CropDataset,
+    EpochSampler,
+    label_arrays,
+    loader_workers,
+)
 from JMIDAnomalyLib.training.objectives import Loss, auc_per_class
 
 logger = logging.getLogger(__name__)
@@ -86,7 +92,7 @@ class FoldTrainer:
         self.val_set = CropDataset(val, self.layout, crop.samples, crop.slices_per_sample)
         pos_weight = None
         if config.class_weighting:
-            labels = np.stack([np.nan_to_num(s.labels) for s in train])
+            labels, _ = label_arrays(train)
             pos = labels.sum(0)
             pos_weight = torch.tensor((len(train) - pos) / np.maximum(pos, 1), dtype=torch.float32)
         self.loss = Loss(config.loss, config.focal_gamma, pos_weight).to(self.device)
@@ -249,8 +255,7 @@ class FoldTrainer:
     def validate(self) -> tuple[float, list[float | None]]:
         """Mean validation AUC over the abnormal classes, and the AUC per class."""
         probs = self.predict(self.val_set)
-        labels = np.stack([np.nan_to_num(s.labels) for s in self.val_set.samples])
-        known = np.stack([~np.isnan(s.labels) for s in self.val_set.samples]).astype(float)
+        labels, known = label_arrays(self.val_set.samples)
         aucs = auc_per_class(labels, probs, known)
         valid = [a for a in aucs[:-1] if a is not None]
         return (float(np.mean(valid)) if valid else 0.0), aucs
