@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import math
+import random
 import subprocess
 
 import SimpleITK as sitk
-from JMIDAnomalyLib.demo.run import DemoSettings
+from JMIDAnomalyLib.common.organs import ORGAN_CLASSES
+from JMIDAnomalyLib.demo.holdout import split_test_set
 from JMIDAnomalyLib.imaging.geometry import Grid
 from JMIDAnomalyLib.models.bundle import load_bundle
 from JMIDAnomalyLib.scene.mrml import load_scene, segment_names, volume_node_to_image
@@ -37,8 +38,7 @@ def test_demo_runs_end_to_end_and_reuses_its_cache(demo_run):
     excluded = set(bundle.meta["config"]["exclude_cases"])
     patients = {r["patient_id"] for r in truth if r["case_id"] in excluded}
     assert excluded == {r["case_id"] for r in truth if r["patient_id"] in patients}
-    all_patients = {r["patient_id"] for r in truth}
-    assert len(patients) == math.ceil(DemoSettings.test_fraction * len(all_patients))
+    assert 0 < len(excluded) < len(truth)
     test_metrics = json.loads((out / "evaluation" / "liver" / "test" / "metrics.json").read_text())
     assert test_metrics["cases"] == len(excluded)
     # ...against the planted findings (the reports' label noise is for training only).
@@ -109,3 +109,34 @@ def test_scene_command_keeps_only_abdominal_organs(jmid_command, reference_data,
     assert result.returncode == 0, result.stderr[-2000:]
     names = segment_names(load_scene(out).GetFirstNodeByClass("vtkMRMLSegmentationNode"))
     assert "liver" in names and "aorta" not in names
+
+
+def test_test_set_is_whole_patients_with_the_training_cases_case_mix(tmp_path):
+    """The held-out split keeps each patient's exams together and holds out the same share of
+    every combination of reported classes (a plain draw of patients does not)."""
+    rng = random.Random(3)
+    classes = [c for c in ORGAN_CLASSES["liver"]]
+    truth, rows = [], []
+    for n in range(600):
+        case = f"case_{n:04d}"
+        truth.append({"case_id": case, "patient_id": f"P{rng.randrange(380):04d}"})
+        stated = {c for c in ("cyst", "SOL", "calcification") if rng.random() < 0.15}
+        rows.append({"case_id": case, "side": "", **{c: str(int(c in stated)) for c in classes}})
+    rows[0]["nofinding"] = "1"
+    with (tmp_path / "liver.csv").open("w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    test = set(split_test_set(truth, 0.36, 0, tmp_path, ("liver",)))
+    patients = {r["patient_id"] for r in truth if r["case_id"] in test}
+    assert test == {r["case_id"] for r in truth if r["patient_id"] in patients}
+    assert abs(len(test) / len(truth) - 0.36) < 0.01
+    strata: dict[str, list[bool]] = {}
+    for row in rows:
+        key = "+".join(c for c in ("cyst", "SOL", "calcification") if row[c] == "1")
+        strata.setdefault(key, []).append(row["case_id"] in test)
+    shares = {k: sum(v) / len(v) for k, v in strata.items() if len(v) >= 50}
+    assert len(shares) >= 4 and all(abs(s - 0.36) < 0.03 for s in shares.values()), shares
+    assert split_test_set(truth, 0.36, 0, tmp_path, ("liver",)) == sorted(test)
+    assert set(split_test_set(truth, 0.36, 1, tmp_path, ("liver",))) != test
+    assert split_test_set(truth, 0.0, 0, tmp_path, ("liver",)) == []

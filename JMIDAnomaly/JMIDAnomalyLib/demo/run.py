@@ -6,7 +6,8 @@
    segmentations (the demo does not run a segmentation model: ``jmid segment`` or
    ``jmid analyze --seg-model`` do that with an nnU-Net folder);
 4. train each organ's k-fold ensemble (demo preset, ``mil_local``) on all cases but a held-out
-   test set (36% of the patients, :mod:`~JMIDAnomalyLib.demo.holdout`), into a model bundle
+   test set (36% of the cases, whole patients, stratified on the reports' labels:
+   :mod:`~JMIDAnomalyLib.demo.holdout`), into a model bundle
    (reused when its configuration is unchanged; an interrupted run resumes);
 5. evaluate the out-of-fold predictions (metrics, ROC, confusion and reliability PNGs), the
    bundle on the test set (held-out AUC, per-case flags against the planted findings), and on
@@ -76,7 +77,7 @@ DEMO_TRAINING = {
 class DemoSettings:
     """Sizes of the demo run (the defaults finish in about 13 minutes on 2 CPU cores, longer
     on slower ones): 1,200 cases, 3 folds of 22 epochs on the 64% of them that are not held
-    out. The test set (36% of the patients, about 440 cases, some 70 per liver class) measures
+    out. The test set (36% of the cases, whole patients: 432, some 70 per liver class) measures
     a held-out AUC to within about +-0.04 (95% CI) and calibration (README, Training);
     ``other_cases`` cases of another patient are scored as well (0: none)."""
 
@@ -170,7 +171,9 @@ def run_demo(
     progress(0.32, "cropping organs (crop cache)")
     _crop_cohort(out, settings, result, progress)
     result.label_check = label_check(truth, out / "labels")
-    test_cases = split_test_set(truth, settings.test_fraction, settings.seed)
+    test_cases = split_test_set(
+        truth, settings.test_fraction, settings.seed, out / "labels", settings.organs
+    )
     held_out = _held_out(truth, settings, test_cases)
     bundles = []
     for n, organ in enumerate(settings.organs):

@@ -26,7 +26,7 @@ def _add_demo(parser: argparse.ArgumentParser) -> None:
         "--test-fraction",
         type=float,
         default=d.test_fraction,
-        help=f"share of patients held out as the test set ({d.test_fraction})",
+        help=f"share of the cases held out as the test set, whole patients ({d.test_fraction})",
     )
     parser.add_argument("--model", default=d.model, help=f"classifier ({d.model})")
     parser.add_argument(
