@@ -197,6 +197,18 @@ def test_manifest_dataset_trains_the_same_with_0_and_2_workers(data, tmp_path):
     assert oof[0] == oof[2]
 
 
+def test_auto_workers_leave_a_small_cpu_to_the_model(monkeypatch):
+    """-1 reads in the training process when the model computes on a CPU of 2 cores or fewer
+    (a worker would stall its threads), else one less than the cores; a number is kept."""
+    from JMIDAnomalyLib.training import data as training_data
+
+    for cores, device, expected in ((2, "cpu", 0), (1, "cpu", 0), (4, "cpu", 3), (2, "cuda", 1)):
+        monkeypatch.setattr(training_data, "available_cores", lambda cores=cores: cores)
+        assert training_data.loader_workers(-1, device) == expected, (cores, device)
+        assert training_data.loader_workers(2, device) == 2
+    assert training_data.loader_workers(-1) == 1  # no device given: as before
+
+
 def test_the_published_preset_is_the_reference_recipe():
     cfg = TrainConfig.from_dict({"preset": "published", "epochs": 2})
     assert (cfg.model, cfg.lr, cfg.folds, cfg.epochs, cfg.sample_loss) == (

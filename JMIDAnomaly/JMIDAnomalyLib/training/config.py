@@ -82,8 +82,8 @@ class TrainConfig:
             ``num_workers`` gives the same run).
         num_workers: DataLoader worker processes that read and dequantise the crops and draw
             their augmentation (applied to each batch on the training device); -1 (default):
-            one less than the cores available, at least 1, at most 8; 0: in the training
-            process.
+            one less than the cores available, at least 1, at most 8, but none when the
+            model computes on a CPU of 2 cores or fewer; 0: in the training process.
         preset: a named recipe from :data:`TRAIN_PRESETS` (``published``, ``published_384``)
             whose fields apply where a configuration file (:meth:`from_dict`, :meth:`load`)
             does not set them; the saved ``config.json`` holds the resolved values.

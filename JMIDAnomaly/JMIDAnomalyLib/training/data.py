@@ -143,14 +143,20 @@ def load_samples(
 MAX_AUTO_WORKERS = 8
 
 
-def loader_workers(requested: int) -> int:
+def loader_workers(requested: int, device: torch.device | str | None = None) -> int:
     """DataLoader workers: ``requested``, or for -1 one less than the cores this process may
     use (the training process computes on the rest), at least 1 and at most
-    :data:`MAX_AUTO_WORKERS`. On 2 cores the demo trains 78 cases/s with 1 worker and 63
-    with 2, which take the training process's cores for little work."""
+    :data:`MAX_AUTO_WORKERS`; but none when the model computes on a CPU of 2 cores or fewer.
+    There the computation's threads take every core, and a worker reading beside them stalls
+    them: side by side on 2 cores (float32, demo crops, three rounds), the demo trained 67, 64
+    and 77 cases/s reading in the training process against 56, 59 and 68 with one worker (and
+    78 with one worker against 63 with two, measured before on a bfloat16 CPU)."""
     if requested >= 0:
         return requested
-    return max(1, min(available_cores() - 1, MAX_AUTO_WORKERS))
+    cores = available_cores()
+    if device is not None and torch.device(device).type == "cpu" and cores <= 2:
+        return 0
+    return max(1, min(cores - 1, MAX_AUTO_WORKERS))
 
 
 class CropDataset(torch.utils.data.Dataset):

@@ -341,7 +341,9 @@ def _fit_domain(
         [samples[i] for i in index], model_input(config.model), crop.samples, crop.slices_per_sample
     )
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=config.batch_size, num_workers=loader_workers(config.num_workers)
+        dataset,
+        batch_size=config.batch_size,
+        num_workers=loader_workers(config.num_workers, device),
     )
     per_model = domains.features(models, (x for x, *_ in loader), device)
     return domains.fit_folds(per_model, fold_of[index])

@@ -162,7 +162,7 @@ class FoldTrainer:
     def _data_loader(self, dataset, sampler=None) -> DataLoader:
         """Crops read (and their augmentation drawn) in ``num_workers`` persistent worker
         processes, pinned memory on CUDA, four batches prefetched per worker."""
-        workers = loader_workers(self.config.num_workers)
+        workers = loader_workers(self.config.num_workers, self.device)
         return DataLoader(
             dataset,
             batch_size=self.config.batch_size,
