@@ -75,7 +75,7 @@ DEMO_TRAINING = {
 
 @dataclass
 class DemoSettings:
-    """Sizes of the demo run (the defaults finish in about 13 minutes on 2 CPU cores, longer
+    """Sizes of the demo run (the defaults finish in 12-15 minutes on 2 CPU cores, longer
     on slower ones): 1,200 cases, 3 folds of 22 epochs on the 64% of them that are not held
     out. The test set (36% of the cases, whole patients: 433, some 65 per liver class) measures
     a held-out AUC to within about +-0.04 (95% CI) and calibration (README, Training);
