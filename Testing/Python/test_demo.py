@@ -115,7 +115,7 @@ def test_test_set_is_whole_patients_with_the_training_cases_case_mix(tmp_path):
     """The held-out split keeps each patient's exams together and holds out the same share of
     every combination of reported classes (a plain draw of patients does not)."""
     rng = random.Random(3)
-    classes = [c for c in ORGAN_CLASSES["liver"]]
+    classes = list(ORGAN_CLASSES["liver"])
     truth, rows = [], []
     for n in range(600):
         case = f"case_{n:04d}"

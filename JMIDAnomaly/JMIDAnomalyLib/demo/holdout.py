@@ -29,8 +29,8 @@ def split_test_set(
     truth: list[dict],
     fraction: float,
     seed: int,
-    labels_dir: Path | None = None,
-    organs: Sequence[str] = (),
+    labels_dir: Path,
+    organs: Sequence[str],
 ) -> list[str]:
     """The test cases: about ``fraction`` of the cases, whole patients (all of a patient's
     exams on one side; at least one patient when > 0), drawn with ``seed``; sorted case ids.
@@ -64,13 +64,13 @@ def split_test_set(
     return sorted(cases[i] for k in chosen for i in split[k][1])
 
 
-def _report_strata(truth: list[dict], labels_dir: Path | None, organs: Sequence[str]) -> list[str]:
+def _report_strata(truth: list[dict], labels_dir: Path, organs: Sequence[str]) -> list[str]:
     """Per case of ``truth``, the reports' classes in ``organs`` as one stratum ("organ:class"
     joined; "" for none and for cases without a label row)."""
     from JMIDAnomalyLib.training.data import read_organ_labels
 
     stated: dict[str, set[str]] = {r["case_id"]: set() for r in truth}
-    for organ in organs if labels_dir is not None else ():
+    for organ in organs:
         classes = [c for c in ORGAN_CLASSES[organ] if c != "nofinding"]
         for row in read_organ_labels(labels_dir, organ):
             if row["case_id"] in stated:
